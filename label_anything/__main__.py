@@ -1,0 +1,3 @@
+from label_anything.cli import main
+
+raise SystemExit(main())

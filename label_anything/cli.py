@@ -1,0 +1,220 @@
+"""The ``label-anything`` command line. Each sub-command is a thin layer over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from label_anything import __version__
+from label_anything.errors import LabelAnythingError
+
+log = logging.getLogger("label_anything")
+
+MODEL_HELP = (
+    "model family: sam, sam_hq, mobile_sam, classical (no weights: OpenCV GrabCut), or auto "
+    "(a checkpoint found in the cache directory, else classical)"
+)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every model-using command shares (names as in the original label_anything)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model-name", "--model", dest="model_name", default=_env("LABEL_ANYTHING_MODEL", "auto"),
+                   help=MODEL_HELP + " [env LABEL_ANYTHING_MODEL; default: %(default)s]")
+    g.add_argument("--sam-config", dest="sam_config", default=_env("LABEL_ANYTHING_SAM_CONFIG"),
+                   help="architecture: vit_b/vit_l/vit_h (sam), also vit_tiny (sam_hq), vit_t (mobile_sam); "
+                        "default: vit_b, vit_t for mobile_sam [env LABEL_ANYTHING_SAM_CONFIG]")
+    g.add_argument("--sam-checkpoint-file", "--checkpoint", dest="checkpoint",
+                   default=_env("LABEL_ANYTHING_CHECKPOINT"),
+                   help="checkpoint file; default: the official one in the cache directory "
+                        "(see `label-anything download`) [env LABEL_ANYTHING_CHECKPOINT]")
+    g.add_argument("--device", default=_env("LABEL_ANYTHING_DEVICE", "auto"),
+                   help="auto, cpu, cuda, cuda:N or mps [env LABEL_ANYTHING_DEVICE; default: %(default)s]")
+    g.add_argument("--cache-dir", type=Path, default=_env("LABEL_ANYTHING_CACHE"),
+                   help="where checkpoints and embeddings are kept [env LABEL_ANYTHING_CACHE; "
+                        "default: ~/.cache/label-anything]")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """Load the model the options name; warns when `auto` fell back to the weight-free engine."""
+    from label_anything.engine import load_model
+
+    model = load_model(args.model_name, args.sam_config, args.checkpoint, device=args.device,
+                       cache_dir=args.cache_dir)
+    if args.model_name == "auto" and model.info.name == "classical":
+        log.warning("no SAM checkpoint in the cache: using the weight-free classical engine (GrabCut); for "
+                    "real SAM masks run `label-anything download mobile_sam` or pass --model-name and --checkpoint")
+    return model
+
+
+# -- segment -----------------------------------------------------------------------------------------
+def _point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    try:
+        if len(parts) == 2:
+            return float(parts[0]), float(parts[1]), 1
+        if len(parts) == 3 and parts[2].strip() in ("0", "1"):
+            return float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"a point is X,Y or X,Y,1 (positive) or X,Y,0 (negative); got {text!r}")
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a box is X0,Y0,X1,Y1 in pixels; got {text!r}") from None
+    return x0, y0, x1, y1
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from label_anything.engine import Prompt, decode, encode
+    from label_anything.images import read_image
+    from label_anything.masks import mask_area, mask_to_xyxy
+
+    if args.demo:
+        image, args.point, args.box = _demo_image(args)
+    elif args.image is None:
+        raise LabelAnythingError("give an IMAGE to segment (or --demo)")
+    else:
+        image = read_image(args.image)
+    if not args.point and args.box is None:
+        raise LabelAnythingError("give at least one --point X,Y or a --box X0,Y0,X1,Y1")
+    prompt = Prompt.from_lists(points=[(x, y) for x, y, _ in args.point], labels=[v for _, _, v in args.point],
+                               box=args.box)
+    model = load_model_from_args(args)
+    embedding = encode(model, image)
+    mask, score, _ = decode(model, embedding, prompt).best()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out)
+    area = mask_area(mask)
+    if area:
+        x0, y0, x1, y1 = (float(v) for v in mask_to_xyxy(mask))
+        bbox = [x0, y0, x1 - x0, y1 - y0]
+    else:
+        bbox = [0.0, 0.0, 0.0, 0.0]
+    result = {"score": round(score, 6), "bbox": bbox, "area": area, "model": model.info.model_id,
+              "mask": str(out)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {out} ({image.shape[1]}x{image.shape[0]}, {area} mask pixels, score {score:.3f}, "
+              f"model {model.info.model_id})")
+    return 0
+
+
+def _demo_image(args: argparse.Namespace):
+    """Chelsea the cat from scikit-image, clicked on her head."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise LabelAnythingError("--demo needs scikit-image (pip install scikit-image)") from None
+    image = skimage.data.chelsea()
+    if args.out == "mask.png":
+        args.out = "demo-out/chelsea-mask.png"
+    return image, args.point or [(270.0, 150.0, 1)], args.box
+
+
+# -- download / models -------------------------------------------------------------------------------
+def cmd_download(args: argparse.Namespace) -> int:
+    from label_anything.engine.weights import CHECKPOINTS, download
+
+    names = list(CHECKPOINTS) if args.name == ["all"] else args.name
+    unknown = [n for n in names if n not in CHECKPOINTS]
+    if unknown:
+        raise LabelAnythingError(f"unknown checkpoint {unknown[0]!r}; choose from: {', '.join(CHECKPOINTS)} or all")
+    for name in names:
+        path = download(CHECKPOINTS[name], args.cache_dir, url=args.url)
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from label_anything.engine.weights import CHECKPOINTS, checkpoint_dir
+
+    folder = checkpoint_dir(args.cache_dir)
+    print(f"checkpoints in {folder}:")
+    for spec in CHECKPOINTS.values():
+        have = "yes" if (folder / spec.filename).is_file() else "no "
+        print(f"  {have}  {spec.name:16} --model-name {spec.model:10} --sam-config {spec.config:8} "
+              f"{spec.size / 2**20:7.0f} MiB  {spec.url}")
+    print("  yes  classical        --model-name classical  (no weights: OpenCV GrabCut)")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="label-anything",
+        description="Segment Anything models do the tedious part of image labeling: click once in Label "
+                    "Studio, get the object's mask, box and polygon; export COCO with exact RLE masks.",
+    )
+    parser.add_argument("--version", action="version", version=f"label-anything {__version__}")
+    parser.add_argument("--log-level", default=_env("LABEL_ANYTHING_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: %(default)s")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    seg = sub.add_parser("segment", help="segment one object in an image from points and/or a box",
+                         description="Segment one object: writes a 0/255 PNG mask of the image's size.")
+    seg.add_argument("image", nargs="?", help="image file (JPEG, PNG, ...); EXIF orientation is applied")
+    seg.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,1|0]",
+                     help="a click in pixels; ,1 (default) on the object, ,0 not on it; repeat for more")
+    seg.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="a box around the object, in pixels")
+    seg.add_argument("--out", default="mask.png", help="mask PNG to write (default: %(default)s)")
+    seg.add_argument("--json", action="store_true", help='print {"score", "bbox": [x, y, w, h], "area"} on stdout')
+    seg.add_argument("--demo", action="store_true", help="segment the cat in scikit-image's 'chelsea' photo")
+    add_model_arguments(seg)
+    seg.set_defaults(func=cmd_segment)
+
+    dl = sub.add_parser("download", help="download official checkpoints into the cache (verified)",
+                        description="Download official checkpoints with a progress bar; verifies size and "
+                                    "SHA-256 and never leaves a partial file.")
+    dl.add_argument("name", nargs="+", help="checkpoint name(s) from `label-anything models`, or all")
+    dl.add_argument("--cache-dir", type=Path, default=_env("LABEL_ANYTHING_CACHE"),
+                    help="default: ~/.cache/label-anything")
+    dl.add_argument("--url", help="fetch from this mirror URL instead of the official one (still verified)")
+    dl.set_defaults(func=cmd_download)
+
+    ls = sub.add_parser("models", help="list the official checkpoints and which ones are downloaded")
+    ls.add_argument("--cache-dir", type=Path, default=_env("LABEL_ANYTHING_CACHE"))
+    ls.set_defaults(func=cmd_models)
+
+    try:
+        from label_anything.labelstudio.server import add_serve_parser
+    except ImportError:  # the backend module is optional while it is being built
+        pass
+    else:
+        add_serve_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LabelAnythingError as exc:
+        print(f"label-anything: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("label-anything: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,226 @@
+"""Official checkpoints: where they come from, how to fetch and verify them, how to load them safely.
+
+Digests are SHA-256 of the files as the authors serve them (read from the Hugging Face LFS pointers of
+the official or byte-identical mirror repositories; the authors' own pages publish none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from label_anything.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """One official checkpoint file.
+
+    Attributes:
+        name: what users type after ``label-anything download`` (e.g. ``sam_vit_b``).
+        model: model family (``sam``, ``sam_hq``, ``mobile_sam``).
+        config: architecture within the family (``vit_b``, ``vit_t`` ...).
+        filename: the file name the authors use.
+        url: where the authors serve it.
+        size: bytes.
+        sha256: hex digest.
+    """
+
+    name: str
+    model: str
+    config: str
+    filename: str
+    url: str
+    size: int
+    sha256: str
+
+
+_FB = "https://dl.fbaipublicfiles.com/segment_anything/"
+_HQ = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
+
+CHECKPOINTS: dict[str, CheckpointSpec] = {
+    spec.name: spec
+    for spec in (
+        CheckpointSpec("sam_vit_h", "sam", "vit_h", "sam_vit_h_4b8939.pth", _FB + "sam_vit_h_4b8939.pth",
+                       2564550879, "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+        CheckpointSpec("sam_vit_l", "sam", "vit_l", "sam_vit_l_0b3195.pth", _FB + "sam_vit_l_0b3195.pth",
+                       1249524607, "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+        CheckpointSpec("sam_vit_b", "sam", "vit_b", "sam_vit_b_01ec64.pth", _FB + "sam_vit_b_01ec64.pth",
+                       375042383, "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+        CheckpointSpec("sam_hq_vit_h", "sam_hq", "vit_h", "sam_hq_vit_h.pth", _HQ + "sam_hq_vit_h.pth",
+                       2570940653, "a7ac14a085326d9fa6199c8c698c4f0e7280afdbb974d2c4660ec60877b45e35"),
+        CheckpointSpec("sam_hq_vit_l", "sam_hq", "vit_l", "sam_hq_vit_l.pth", _HQ + "sam_hq_vit_l.pth",
+                       1254865805, "e1a6c385d62bf005ded91a54d5ec55c985cfc4103ef89c08d90f39f04934c343"),
+        CheckpointSpec("sam_hq_vit_b", "sam_hq", "vit_b", "sam_hq_vit_b.pth", _HQ + "sam_hq_vit_b.pth",
+                       379335069, "14a9d662cd6f5a9c2dba6d40ab0058d88d287e4a18fd6fdc6ad5fb1a3fdeaa57"),
+        CheckpointSpec("sam_hq_vit_tiny", "sam_hq", "vit_tiny", "sam_hq_vit_tiny.pth", _HQ + "sam_hq_vit_tiny.pth",
+                       42526881, "0f32c075ccdd870ae54db2f7630e7a0878ede5a2b06d05d6fe02c65a82fb7196"),
+        CheckpointSpec("mobile_sam", "mobile_sam", "vit_t", "mobile_sam.pt",
+                       "https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/master/weights/mobile_sam.pt",
+                       40728226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
+    )
+}
+
+
+def find_spec(model: str, config: str) -> CheckpointSpec | None:
+    """The official checkpoint of a (family, config), or None where there is none."""
+    for spec in CHECKPOINTS.values():
+        if spec.model == model and spec.config == config:
+            return spec
+    return None
+
+
+def default_cache_dir() -> Path:
+    """``$LABEL_ANYTHING_CACHE``, else ``$XDG_CACHE_HOME/label-anything``, else ``~/.cache/label-anything``."""
+    if env := os.environ.get("LABEL_ANYTHING_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "label-anything"
+
+
+def checkpoint_dir(cache_dir: Path | None = None) -> Path:
+    """Where downloaded checkpoints live."""
+    return (cache_dir or default_cache_dir()) / "checkpoints"
+
+
+_digest_memo: dict[tuple[str, int, int], str] = {}
+_digest_lock = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) so a server hashes its checkpoint once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _digest_lock:
+        if key in _digest_memo:
+            return _digest_memo[key]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _digest_lock:
+        _digest_memo[key] = digest
+    return digest
+
+
+def missing_checkpoint_message(spec: CheckpointSpec, cache_dir: Path | None = None) -> str:
+    """The one sentence a user needs when a checkpoint is not on disk."""
+    target = checkpoint_dir(cache_dir) / spec.filename
+    return (
+        f"checkpoint {spec.filename} for {spec.model} {spec.config} is not in {target.parent}: run "
+        f"`label-anything download {spec.name}` (fetches {spec.url}), or pass an existing file "
+        f"with --checkpoint FILE"
+    )
+
+
+ProgressFactory = Callable[[int, str], "ProgressBar"]
+
+
+class ProgressBar:
+    """The little interface download() needs from a progress bar (tqdm fits it)."""
+
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _tqdm_progress(total: int, desc: str) -> ProgressBar:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)  # type: ignore[return-value]
+
+
+def download(
+    spec: CheckpointSpec,
+    cache_dir: Path | None = None,
+    *,
+    url: str | None = None,
+    progress: ProgressFactory | None = _tqdm_progress,
+    timeout: float = 30.0,
+) -> Path:
+    """Fetch a checkpoint into the cache, verify size and SHA-256, and return its path.
+
+    Writes to ``<file>.part`` in the same folder and renames only after verification, so an
+    interrupted or corrupt download never leaves a file that looks complete. A file already present
+    with the right digest is not fetched again.
+    """
+    import httpx
+
+    target = checkpoint_dir(cache_dir) / spec.filename
+    if target.exists():
+        if target.stat().st_size == spec.size and file_sha256(target) == spec.sha256:
+            return target
+        target.unlink()  # wrong or damaged: fetch again
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    source = url or spec.url
+    h = hashlib.sha256()
+    received = 0
+    bar = progress(spec.size, spec.filename) if progress else None
+    try:
+        with httpx.stream("GET", source, follow_redirects=True, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise CheckpointError(
+                    f"downloading {spec.filename} from {source} failed with HTTP {response.status_code}; "
+                    f"download it by other means and pass it with --checkpoint FILE"
+                )
+            with part.open("wb") as out:
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    h.update(chunk)
+                    received += len(chunk)
+                    if bar:
+                        bar.update(len(chunk))
+    except httpx.HTTPError as exc:
+        part.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot download {spec.filename} from {source} ({type(exc).__name__}: {exc}); are you "
+            f"offline? Download the file by other means and pass it with --checkpoint FILE"
+        ) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    finally:
+        if bar:
+            bar.close()
+    if received != spec.size or h.hexdigest() != spec.sha256:
+        part.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"downloaded {spec.filename} from {source} is corrupt ({received} bytes, sha256 "
+            f"{h.hexdigest()[:12]}…; expected {spec.size} bytes, {spec.sha256[:12]}…); try again"
+        )
+    os.replace(part, target)
+    return target
+
+
+def load_state_dict(path: Path) -> dict:
+    """Load a checkpoint's tensors with ``weights_only=True``: a checkpoint is untrusted input.
+
+    Accepts a plain state dict or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``.
+    """
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass an existing file with --checkpoint FILE")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain weights file and loading it could run code "
+            f"({first[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({str(exc)[:200]})") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of named tensors")
+    return obj

@@ -1,0 +1,98 @@
+"""Shared fixtures: random-weight checkpoints of the real architectures, test images, loaded models.
+
+Random weights exercise every code path real weights do (same shapes, same loading code) without a
+download; the masks they give are meaningless but deterministic, which is all a test needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """Factory: ``random_checkpoint("mobile_sam", "vit_t")`` → path of a seeded random-weight state dict.
+
+    Built once per (family, config) per session; the same seed gives the same file, hence the same
+    weights digest and model id.
+    """
+    built: dict[tuple[str, str], Path] = {}
+    folder = tmp_path_factory.mktemp("checkpoints")
+
+    def make(family: str, config: str) -> Path:
+        key = (family, config)
+        if key not in built:
+            import torch
+
+            from label_anything.engine.sam import ARCHITECTURES
+
+            torch.manual_seed(0)
+            net = ARCHITECTURES[key].build()
+            path = folder / f"random-{family}-{config}.pth"
+            torch.save(net.state_dict(), path)
+            built[key] = path
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> np.ndarray:
+    """scikit-image's cat photo: (300, 451, 3) uint8 RGB."""
+    skimage_data = pytest.importorskip("skimage.data")
+    return np.ascontiguousarray(skimage_data.chelsea())
+
+
+CHELSEA_FILE_NAME = "chelsea café 1.jpg"
+"""A file name with a space and a non-ASCII character: both must survive every URL on the way."""
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg(chelsea: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``chelsea`` saved as a JPEG named ``CHELSEA_FILE_NAME`` in a folder of its own."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("images") / CHELSEA_FILE_NAME
+    Image.fromarray(chelsea).save(path, quality=95)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobile_sam_model(random_checkpoint):
+    """MobileSAM (vit_t) with random weights on CPU, loaded through the normal ``load_model`` path."""
+    from label_anything.engine import load_model
+
+    return load_model("mobile_sam", "vit_t", random_checkpoint("mobile_sam", "vit_t"), device="cpu")
+
+
+ORIGINAL_LABEL_CONFIG = """
+<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <KeyPointLabels name="KeyPointLabels" toName="image">
+    <Label value="cat" smart="true" background="#e51515" showInline="true"/>
+    <Label value="person" smart="true" background="#412cdd" showInline="true"/>
+  </KeyPointLabels>
+  <RectangleLabels name="RectangleLabels" toName="image">
+    <Label value="cat" background="#FF0000"/>
+    <Label value="person" background="#0d14d3"/>
+  </RectangleLabels>
+  <PolygonLabels name="PolygonLabels" toName="image">
+    <Label value="cat" background="#FF0000"/>
+    <Label value="person" background="#0d14d3"/>
+  </PolygonLabels>
+  <BrushLabels name="BrushLabels" toName="image">
+    <Label value="cat" background="#FF0000"/>
+    <Label value="person" background="#0d14d3"/>
+  </BrushLabels>
+</View>
+"""
+
+
+@pytest.fixture(scope="session")
+def original_label_config() -> str:
+    """The original label_anything tool's label config: smart keypoints, rectangles, polygons, brush."""
+    return ORIGINAL_LABEL_CONFIG
