@@ -1,0 +1,280 @@
+"""label_anything.masks: boxes, areas, COCO RLE and polygons against pycocotools' rasterizer."""
+
+from __future__ import annotations
+
+import doctest
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from pycocotools import mask as coco_mask
+
+from label_anything import masks
+from label_anything.masks import (
+    PolygonPart,
+    coco_rle_to_mask,
+    mask_area,
+    mask_to_coco_rle,
+    mask_to_polygon_parts,
+    mask_to_polygons,
+    mask_to_xyxy,
+    polygon_part_to_polygon,
+    polygons_to_coco,
+    polygons_to_mask,
+    xyxy_to_xywh,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+masks_2d = arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24)))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def signed_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def winding_numbers(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Winding number of the closed polygon around every pixel centre, (H, W) int."""
+    yy, xx = np.mgrid[:height, :width] + 0.5
+    a, b = polygon, np.roll(polygon, -1, axis=0)
+    total = np.zeros((height, width), dtype=int)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        cross = (xb - xa) * (yy - ya) - (xx - xa) * (yb - ya)
+        total += ((ya <= yy) & (yb > yy) & (cross > 0)).astype(int)
+        total -= ((yb <= yy) & (ya > yy) & (cross < 0)).astype(int)
+    return total
+
+
+def disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.hypot(yy - cy, xx - cx) < r
+
+
+def horse() -> np.ndarray:
+    return ~skimage.data.horse()  # the horse is the dark part of the picture
+
+
+def donut() -> np.ndarray:
+    return disk((300, 300), 150, 150, 120) & ~disk((300, 300), 150, 150, 60)
+
+
+def blobs() -> np.ndarray:
+    shape = (200, 300)
+    spots = [(50, 50, 30), (120, 200, 45), (160, 60, 20), (40, 250, 10)]
+    return np.any([disk(shape, *spot) for spot in spots], axis=0)
+
+
+# ---------------------------------------------------------------- boxes and areas
+
+
+@settings(max_examples=200, deadline=None)
+@given(masks_2d)
+def test_box_contains_every_pixel_and_is_tight(mask: np.ndarray) -> None:
+    if not mask.any():
+        with pytest.raises(ValueError, match="empty"):
+            mask_to_xyxy(mask)
+        return
+    x0, y0, x1, y1 = mask_to_xyxy(mask).astype(int)
+    assert mask[y0:y1, x0:x1].sum() == mask.sum()
+    assert mask[:, x0].any() and mask[:, x1 - 1].any() and mask[y0].any() and mask[y1 - 1].any()
+
+
+def test_box_is_in_pixel_edge_coordinates() -> None:
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[3, 4] = True
+    box = mask_to_xyxy(mask)
+    assert box.dtype == np.float64
+    assert box.tolist() == [4.0, 3.0, 5.0, 4.0]
+    assert xyxy_to_xywh(box).tolist() == [4.0, 3.0, 1.0, 1.0]
+    assert xyxy_to_xywh(np.array([[0, 0, 2, 3], [1, 1, 4, 4]])).tolist() == [[0, 0, 2, 3], [1, 1, 3, 3]]
+
+
+def test_box_and_area_agree_with_pycocotools() -> None:
+    mask = horse()
+    rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    assert xyxy_to_xywh(mask_to_xyxy(mask)).tolist() == coco_mask.toBbox(rle).tolist()
+    assert mask_area(mask) == int(coco_mask.area(rle)) == int(mask.sum())
+    assert isinstance(mask_area(mask), int)
+
+
+def test_non_bool_masks_mean_non_zero() -> None:
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[1, 2] = 255
+    assert mask_to_xyxy(mask).tolist() == [2.0, 1.0, 3.0, 2.0]
+    assert mask_area(mask) == 1
+    assert coco_rle_to_mask(mask_to_coco_rle(mask)).sum() == 1
+
+
+# ---------------------------------------------------------------- COCO RLE
+
+
+@settings(max_examples=200, deadline=None)
+@given(masks_2d)
+def test_coco_rle_round_trip_is_exact(mask: np.ndarray) -> None:
+    rle = mask_to_coco_rle(mask)
+    assert rle["size"] == list(mask.shape)
+    assert isinstance(rle["counts"], str)
+    back = coco_rle_to_mask(rle)
+    assert back.dtype == bool and back.shape == mask.shape
+    assert np.array_equal(back, mask)
+
+
+def test_coco_rle_is_what_pycocotools_reads() -> None:
+    mask = horse()
+    rle = mask_to_coco_rle(mask)
+    theirs = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    assert np.array_equal(theirs.astype(bool), mask)
+    # Bytes counts, and uncompressed counts (column-major runs starting with background), decode too.
+    assert np.array_equal(coco_rle_to_mask({**rle, "counts": rle["counts"].encode()}), mask)
+    column_major = np.array([[0, 1], [1, 1], [0, 0]], dtype=bool)  # runs down columns: 0 1 0 | 1 1 0
+    assert np.array_equal(coco_rle_to_mask({"size": [3, 2], "counts": [1, 1, 1, 2, 1]}), column_major)
+
+
+# ---------------------------------------------------------------- polygons
+
+
+@pytest.mark.parametrize("shape", [horse, donut, blobs], ids=lambda f: f.__name__)
+def test_polygons_of_real_shapes_rasterize_back(shape) -> None:
+    mask = shape()
+    h, w = mask.shape
+    polygons = mask_to_polygons(mask)
+    assert iou(polygons_to_mask(polygons, h, w), mask) >= 0.98
+    # Simplification pays: far fewer vertices than pixel corners.
+    exact = mask_to_polygons(mask, tolerance=0)
+    assert sum(map(len, polygons)) < 0.3 * sum(map(len, exact))
+    assert np.array_equal(polygons_to_mask(exact, h, w), mask)
+
+
+def test_donut_keeps_its_hole() -> None:
+    mask = donut()
+    [part] = mask_to_polygon_parts(mask)
+    assert len(part.holes) == 1
+    [polygon] = mask_to_polygons(mask)
+    filled = polygons_to_mask([polygon], *mask.shape)
+    hole = disk(mask.shape, 150, 150, 55)  # well inside the hole
+    assert not filled[hole].any()
+    assert iou(filled, mask) >= 0.98
+    # The same ring, as COCO writes it, through pycocotools' own reader (rasterize, then union).
+    coco = polygons_to_coco([polygon])
+    rle = coco_mask.merge(coco_mask.frPyObjects(coco, *mask.shape))
+    assert np.array_equal(coco_mask.decode(rle).astype(bool), filled)
+
+
+def test_several_parts_give_several_polygons() -> None:
+    mask = blobs()
+    polygons = mask_to_polygons(mask)
+    assert len(polygons) == 4
+    # Reading order of the top-left vertices, where each ring starts.
+    tops = [(p[0, 1], p[0, 0]) for p in polygons]
+    assert tops == sorted(tops)
+    for polygon in polygons:
+        assert tuple(polygon[0]) == min(map(tuple, polygon[:, ::-1]))[::-1]
+        assert polygon.dtype == np.float64 and polygon.ndim == 2 and polygon.shape[1] == 2
+
+
+def test_island_in_a_hole_is_a_part_of_its_own() -> None:
+    mask = donut() | disk((300, 300), 150, 150, 20)
+    parts = mask_to_polygon_parts(mask, tolerance=0)
+    assert len(parts) == 2 and sorted(len(p.holes) for p in parts) == [0, 1]
+    assert np.array_equal(polygons_to_mask(mask_to_polygons(mask, tolerance=0), *mask.shape), mask)
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks_2d)
+def test_exact_polygons_trace_pixel_edges(mask: np.ndarray) -> None:
+    # tolerance=0: the rings follow the cracks between pixels, corner to corner, so their shoelace area is
+    # the pixel count and pycocotools gives the mask back pixel for pixel, holes, pinches and islands too.
+    parts = mask_to_polygon_parts(mask, tolerance=0)
+    area = 0.0
+    for part in parts:
+        assert signed_area(part.outer) > 0
+        assert all(signed_area(hole) < 0 for hole in part.holes)
+        area += signed_area(part.outer) + sum(signed_area(hole) for hole in part.holes)
+        for ring in (part.outer, *part.holes):
+            assert np.array_equal(ring, np.round(ring))  # pixel corners
+    assert area == mask.sum()
+    assert np.array_equal(polygons_to_mask(mask_to_polygons(mask, tolerance=0), *mask.shape), mask)
+
+
+@settings(max_examples=150, deadline=None)
+@given(masks_2d, st.sampled_from([0.5, 1.0, 2.0]))
+def test_simplified_polygons_stay_within_tolerance(mask: np.ndarray, tolerance: float) -> None:
+    # Douglas-Peucker keeps the outline within `tolerance` of the edge-midpoint outline, itself within
+    # 0.36 px of the pixel cracks, so only pixels whose centre lies within 2 * tolerance + 0.36 of a crack
+    # may flip; a centre at distance d from the nearest centre of the other colour is >= d - 0.71 from it.
+    h, w = mask.shape
+    polygons = mask_to_polygons(mask, tolerance=tolerance)
+    for polygon in polygons:
+        assert (polygon == np.round(polygon)).any(axis=1).all()  # every vertex lies on a pixel edge
+    padded = np.pad(mask, 1).astype(np.uint8)
+    inside = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    outside = cv2.distanceTransform(1 - padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    far = np.where(mask, inside, outside) > 2 * tolerance + 1.1
+    assert np.array_equal(polygons_to_mask(polygons, h, w)[far], mask[far])
+
+
+def test_min_area_drops_specks_and_fills_pinholes() -> None:
+    mask = disk((100, 100), 50, 50, 30)
+    mask[5, 5] = mask[90:92, 90:92] = True  # specks of 1 and 4 pixels
+    mask[50, 50] = False  # a pinhole
+    assert len(mask_to_polygons(mask)) == 3
+    assert sorted(len(part.holes) for part in mask_to_polygon_parts(mask)) == [0, 0, 1]
+    kept = mask_to_polygon_parts(mask, min_area=5)
+    assert len(kept) == 1 and kept[0].holes == ()
+    assert len(mask_to_polygons(mask, min_area=4)) == 2  # the 2x2 speck has area 4: kept
+    assert mask_to_polygons(mask, min_area=10_000) == []
+
+
+def test_tiny_parts_survive_simplification() -> None:
+    mask = np.zeros((5, 5), dtype=bool)
+    mask[2, 2] = True
+    [polygon] = mask_to_polygons(mask, tolerance=5.0)
+    assert np.array_equal(polygons_to_mask([polygon], 5, 5), mask)
+
+
+def test_empty_mask_has_no_polygons() -> None:
+    assert mask_to_polygons(np.zeros((3, 3), dtype=bool)) == []
+    assert mask_to_polygon_parts(np.zeros((0, 0), dtype=bool)) == []
+    assert not polygons_to_mask([], 3, 4).any()
+
+
+def test_masks_must_be_2d() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        mask_to_polygons(np.zeros((2, 3, 3), dtype=bool))
+    with pytest.raises(ValueError, match="2-D"):
+        mask_to_xyxy(np.zeros(3, dtype=bool))
+
+
+def test_keyhole_polygon_fills_like_pycocotools_with_the_even_odd_and_nonzero_rules() -> None:
+    outer = np.array([[1.0, 1.0], [9.0, 1.0], [9.0, 9.0], [1.0, 9.0]])
+    holes = (np.array([[3.0, 3.0], [3.0, 5.0], [5.0, 5.0], [5.0, 3.0]]),
+             np.array([[6.0, 6.0], [6.0, 8.0], [8.0, 8.0], [8.0, 6.0]]))  # fmt: skip
+    polygon = polygon_part_to_polygon(PolygonPart(outer, holes))
+    assert len(polygon) == 4 + 2 * (4 + 2)
+    expected = np.zeros((10, 10), dtype=bool)
+    expected[1:9, 1:9] = True
+    expected[3:5, 3:5] = expected[6:8, 6:8] = False
+    assert np.array_equal(polygons_to_mask([polygon], 10, 10), expected)
+    # Browsers fill a canvas path with the non-zero rule: the winding number at each pixel centre.
+    assert np.array_equal(winding_numbers(polygon, 10, 10) != 0, expected)
+
+
+def test_polygons_to_coco_lists() -> None:
+    polygons = [np.array([[0, 0], [2, 0], [2, 2]]), np.array([[5, 5], [6, 6]])]
+    assert polygons_to_coco(polygons) == [[0.0, 0.0, 2.0, 0.0, 2.0, 2.0]]
+    assert all(isinstance(v, float) for v in polygons_to_coco(polygons)[0])
+    # Flat lists are accepted by polygons_to_mask, and a two-vertex "polygon" is not read as a box.
+    assert polygons_to_mask([[0, 0, 2, 0, 2, 2, 0, 2], [5, 5, 6, 6]], 4, 4).sum() == 4
+
+
+def test_docstring_examples_run() -> None:
+    assert doctest.testmod(masks).failed == 0
