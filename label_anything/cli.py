@@ -193,12 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--cache-dir", type=Path, default=_env("LABEL_ANYTHING_CACHE"))
     ls.set_defaults(func=cmd_models)
 
-    try:
-        from label_anything.labelstudio.server import add_serve_parser
-    except ImportError:  # the backend module is optional while it is being built
-        pass
-    else:
-        add_serve_parser(sub)
+    from label_anything.export.commands import add_convert_parser, add_preview_parser
+    from label_anything.labelstudio.server import add_serve_parser
+
+    add_serve_parser(sub)
+    add_convert_parser(sub)
+    add_preview_parser(sub)
     return parser
 
 

@@ -13,28 +13,32 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture(scope="session")
-def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
-    """Factory: ``random_checkpoint("mobile_sam", "vit_t")`` → path of a seeded random-weight state dict.
+def build_random_checkpoint(family: str, config: str, path: Path, seed: int = 0) -> Path:
+    """Save a seeded random-weight state dict of the real architecture (official package builder)."""
+    import torch
 
-    Built once per (family, config) per session; the same seed gives the same file, hence the same
-    weights digest and model id.
+    from label_anything.engine.sam import ARCHITECTURES
+
+    torch.manual_seed(seed)
+    net = ARCHITECTURES[(family, config)].build()
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: ``random_checkpoint("mobile_sam", "vit_t", seed=0)`` → path of a random-weight state dict.
+
+    Built once per (family, config, seed) per session; the same seed gives the same file, hence the
+    same weights digest and model id.
     """
-    built: dict[tuple[str, str], Path] = {}
+    built: dict[tuple[str, str, int], Path] = {}
     folder = tmp_path_factory.mktemp("checkpoints")
 
-    def make(family: str, config: str) -> Path:
-        key = (family, config)
+    def make(family: str, config: str, seed: int = 0) -> Path:
+        key = (family, config, seed)
         if key not in built:
-            import torch
-
-            from label_anything.engine.sam import ARCHITECTURES
-
-            torch.manual_seed(0)
-            net = ARCHITECTURES[key].build()
-            path = folder / f"random-{family}-{config}.pth"
-            torch.save(net.state_dict(), path)
-            built[key] = path
+            built[key] = build_random_checkpoint(family, config, folder / f"random-{family}-{config}-{seed}.pth", seed)
         return built[key]
 
     return make

@@ -1,0 +1,1 @@
+"""Label Studio export → datasets: COCO (RLE | polygons), YOLO-seg, MMDetection configs, previews."""

@@ -1,0 +1,176 @@
+"""An interactive context from Label Studio → one prompt in pixels.
+
+Label Studio sends coordinates in percent (0–100) of ``original_width`` / ``original_height``, the
+image's natural size after EXIF rotation. ``percent_to_pixels`` and ``pixels_to_percent`` are the only
+places in the backend that convert between the two, so a round trip cannot drift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from label_anything.engine import Prompt
+from label_anything.errors import LabelAnythingError, PromptError
+
+PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
+"""Smart region types that become a prompt: clicks and rectangles."""
+
+
+class ContextError(LabelAnythingError, ValueError):
+    """An interactive context that cannot be turned into a prompt."""
+
+
+def percent_to_pixels(value: float, size: int) -> float:
+    """Label Studio percent of ``size`` → pixels: ``value / 100 * size``.
+
+    Example:
+        >>> percent_to_pixels(50.0, 640)
+        320.0
+    """
+    return float(value) / 100.0 * size
+
+
+def pixels_to_percent(value: float, size: int) -> float:
+    """Pixels → Label Studio percent of ``size`` (inverse of ``percent_to_pixels``).
+
+    Example:
+        >>> pixels_to_percent(320, 640)
+        50.0
+    """
+    return float(value) * 100.0 / size
+
+
+@dataclass(frozen=True, eq=False)
+class Click:
+    """What the annotator asked for: points and/or a box on one image, under one label.
+
+    Attributes:
+        to_name: the image object name.
+        from_name: the control of the smart region(s) (e.g. the KeyPointLabels control).
+        label: the clicked label.
+        width, height: ``original_width`` / ``original_height`` of the image in pixels.
+        rotation: ``image_rotation`` (passed through to the answer).
+        points: (N, 2) float32 xy pixels; point_labels: (N,) int32, 1 positive, 0 negative.
+        box: (4,) float32 ``x0, y0, x1, y1`` pixels, or None.
+    """
+
+    to_name: str
+    from_name: str
+    label: str
+    width: int
+    height: int
+    rotation: float
+    points: np.ndarray
+    point_labels: np.ndarray
+    box: np.ndarray | None
+
+    def prompt(self, mask_logits: np.ndarray | None = None) -> Prompt:
+        """The engine prompt, optionally refining a previous answer's (1, 256, 256) logits."""
+        return Prompt(
+            points=self.points, point_labels=self.point_labels, box=self.box, mask_logits=mask_logits
+        )
+
+    @property
+    def point_keys(self) -> frozenset[tuple[float, float, int]]:
+        """The points as a set of (x, y, label), rounded so tiny float noise does not matter."""
+        return frozenset(
+            (round(float(x), 3), round(float(y), 3), int(v))
+            for (x, y), v in zip(self.points, self.point_labels, strict=True)
+        )
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ContextError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _size(region: dict, key: str) -> int:
+    value = _number(region.get(key), key)
+    if value <= 0 or value != int(value) or value > 1_000_000:
+        raise ContextError(f"{key} must be a positive whole number of pixels, got {region.get(key)!r}")
+    return int(value)
+
+
+def _label(region: dict, type_: str) -> str:
+    value = region.get("value") or {}
+    labels = value.get(type_) or value.get("labels") or []
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+        raise ContextError(f"a {type_} region of the context has no label")
+    return labels[0]
+
+
+def parse_context(context: Any) -> Click | None:
+    """Turn ``params.context`` of an interactive ``/predict`` into a ``Click``.
+
+    All smart keypoints (``is_positive`` false = a negative click) and a smart rectangle of the same
+    image and label form one prompt. When regions of several labels arrive, the label of the last
+    region wins (it is the one just clicked). Returns None for a context with no smart region (the
+    user deleted them all): the answer is then an empty result.
+
+    Raises ContextError for anything malformed.
+    """
+    if not isinstance(context, dict):
+        raise ContextError("params.context must be an object with a 'result' list")
+    regions = context.get("result")
+    if not isinstance(regions, list):
+        raise ContextError("params.context.result must be a list of regions")
+    regions = [r for r in regions if isinstance(r, dict) and r.get("type") in PROMPT_TYPES]
+    if not regions:
+        return None
+    last = regions[-1]
+    to_name = last.get("to_name")
+    if not isinstance(to_name, str) or not to_name:
+        raise ContextError("a context region has no to_name")
+    label = _label(last, last["type"])
+    group = [r for r in regions if r.get("to_name") == to_name and _label(r, r["type"]) == label]
+    width, height = _size(last, "original_width"), _size(last, "original_height")
+    points: list[tuple[float, float]] = []
+    point_labels: list[int] = []
+    box: np.ndarray | None = None
+    from_name = str(last.get("from_name") or "")
+    for region in group:
+        if (_size(region, "original_width"), _size(region, "original_height")) != (width, height):
+            raise ContextError("the regions of one context disagree on original_width/original_height")
+        value = region.get("value")
+        if not isinstance(value, dict):
+            raise ContextError("a context region has no value")
+        x = percent_to_pixels(_number(value.get("x"), "value.x"), width)
+        y = percent_to_pixels(_number(value.get("y"), "value.y"), height)
+        if region["type"] == "keypointlabels":
+            points.append((x, y))
+            point_labels.append(0 if region.get("is_positive") is False else 1)
+        else:
+            if _number(value.get("rotation", 0) or 0, "value.rotation") != 0:
+                raise ContextError("a rotated smart rectangle cannot be a prompt; draw it without rotation")
+            w = percent_to_pixels(_number(value.get("width"), "value.width"), width)
+            h = percent_to_pixels(_number(value.get("height"), "value.height"), height)
+            # the newest rectangle wins: Label Studio re-sends older ones until they are deleted
+            box = np.array([x, y, x + w, y + h], dtype=np.float32)
+    rotation = region_rotation(last)
+    click = Click(
+        to_name=to_name,
+        from_name=from_name,
+        label=label,
+        width=width,
+        height=height,
+        rotation=rotation,
+        points=np.asarray(points, dtype=np.float32).reshape(-1, 2),
+        point_labels=np.asarray(point_labels, dtype=np.int32),
+        box=box,
+    )
+    try:
+        click.prompt()  # validates: a box needs x1 > x0, points must be finite, ...
+    except PromptError as exc:
+        raise ContextError(str(exc)) from None
+    return click
+
+
+def region_rotation(region: dict) -> float:
+    """``image_rotation`` of a region (0 when absent)."""
+    value = region.get("image_rotation", 0) or 0
+    return _number(value, "image_rotation")

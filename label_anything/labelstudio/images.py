@@ -1,0 +1,265 @@
+"""A task's image reference → decoded pixels: uploads, local files, http(s) URLs, cloud URIs via presign.
+
+| reference in task data          | where the bytes come from                                         |
+|---------------------------------|-------------------------------------------------------------------|
+| ``/data/upload/<p>/<file>``      | Label Studio, with its API key                                    |
+| ``/data/local-files/?d=<path>``  | disk under ``LOCAL_FILES_DOCUMENT_ROOT`` (else Label Studio)       |
+| ``http(s)://...``                | the URL (Label Studio's key only when it *is* Label Studio)        |
+| ``s3://``, ``gs://``, ``azure-blob://`` ... | Label Studio's ``/tasks/<id>/presign/?fileuri=<b64>``  |
+
+Local paths are confined to the document root: absolute paths, ``..`` and symlinks that lead out of it
+are refused. The API key is never sent to another host (httpx drops ``Authorization`` on a redirect to
+another origin). Decoded images are kept in a small LRU so the clicks after the first do not re-download.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+
+from label_anything.errors import ImageError
+from label_anything.images import DEFAULT_MAX_PIXELS, decode_image, image_digest
+
+log = logging.getLogger(__name__)
+
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
+MAX_DOWNLOAD_BYTES = 256 * 2**20
+_REFRESH_MARGIN_S = 30.0
+
+
+class AccessDeniedError(ImageError):
+    """The reference points outside what the backend is allowed to read."""
+
+
+def _jwt_payload(token: str) -> dict | None:
+    """The (unverified) payload of a JWT, or None when ``token`` is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+class LabelStudioAuth:
+    """``Authorization`` for Label Studio from ``LABEL_STUDIO_API_KEY``.
+
+    A personal access token (a JWT refresh token) is exchanged at ``/api/token/refresh/`` for a short
+    lived access token, renewed shortly before it expires; a legacy key is sent as ``Token <key>``.
+    """
+
+    def __init__(self, base_url: str, api_key: str, client: httpx.Client) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key.strip()
+        self.client = client
+        payload = _jwt_payload(self.api_key)
+        self.is_pat = payload is not None and payload.get("token_type") == "refresh"
+        self._access: str | None = None
+        self._expires = 0.0
+        self._lock = threading.Lock()
+
+    def header(self) -> str:
+        if not self.is_pat:
+            return f"Token {self.api_key}"
+        with self._lock:
+            if self._access is None or time.time() > self._expires - _REFRESH_MARGIN_S:
+                self._refresh()
+            return f"Bearer {self._access}"
+
+    def _refresh(self) -> None:
+        url = f"{self.base_url}/api/token/refresh/"
+        try:
+            response = self.client.post(url, json={"refresh": self.api_key})
+        except httpx.HTTPError as exc:
+            raise ImageError(f"cannot reach Label Studio at {self.base_url} ({exc})") from None
+        if response.status_code != 200:
+            raise ImageError(
+                f"Label Studio refused LABEL_STUDIO_API_KEY at {url} (HTTP {response.status_code}); "
+                "use a valid personal access token"
+            )
+        access = response.json().get("access", "")
+        payload = _jwt_payload(access) or {}
+        self._access = access
+        # without an exp claim, assume Label Studio's default lifetime of 5 minutes
+        self._expires = float(payload.get("exp", time.time() + 300))
+
+
+def local_file_path(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything that leaves ``root``.
+
+    Raises AccessDeniedError for absolute paths, ``..`` parts, and symlinks that resolve outside the root.
+    """
+    if not relative or "\x00" in relative or "\\" in relative:
+        raise AccessDeniedError(f"local file path {relative!r} is not a plain relative path")
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise AccessDeniedError(f"local file path {relative!r} leaves the document root")
+    base = root.resolve()
+    try:
+        path = (base / pure).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ImageError(f"local file {relative!r} does not exist under the document root") from None
+    if not path.is_relative_to(base):  # a symlink pointing out of the root
+        raise AccessDeniedError(f"local file path {relative!r} leaves the document root")
+    if not path.is_file():
+        raise ImageError(f"local file {relative!r} is not a file")
+    return path
+
+
+class ImageFetcher:
+    """Fetch and decode task images, with a byte-bounded LRU of decoded pixels.
+
+    Args:
+        label_studio_url: base URL of Label Studio (``LABEL_STUDIO_URL``), for uploads and presign.
+        api_key: ``LABEL_STUDIO_API_KEY`` (personal access token or legacy token).
+        local_files_root: ``LOCAL_FILES_DOCUMENT_ROOT`` when Label Studio's files are on this disk.
+        max_cache_bytes: budget of decoded pixels kept.
+        transport: an httpx transport (tests).
+    """
+
+    def __init__(
+        self,
+        label_studio_url: str | None = None,
+        api_key: str | None = None,
+        local_files_root: Path | str | None = None,
+        *,
+        max_cache_bytes: int = 256 * 2**20,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
+        self.local_files_root = Path(local_files_root) if local_files_root else None
+        self.max_cache_bytes = max_cache_bytes
+        self.max_pixels = max_pixels
+        self.client = httpx.Client(timeout=timeout, follow_redirects=True, transport=transport)
+        self.auth = (
+            LabelStudioAuth(self.label_studio_url, api_key, self.client)
+            if self.label_studio_url and api_key
+            else None
+        )
+        self._cache: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+        self._cache_bytes = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- public ------------------------------------------------------------------------------------
+    def fetch(self, ref: str, task_id: int | str | None = None) -> tuple[np.ndarray, str]:
+        """(image (H, W, 3) uint8 RGB, its content digest) for a task data reference."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise ImageError("the task has no image reference")
+        ref = ref.strip()
+        with self._lock:
+            hit = self._cache.get(ref)
+            if hit is not None:
+                self._cache.move_to_end(ref)
+                return hit
+        data = self._read(ref, task_id)
+        image = decode_image(data, max_pixels=self.max_pixels, name=_short(ref))
+        entry = (image, image_digest(image))
+        self._remember(ref, entry)
+        return entry
+
+    # -- sources -----------------------------------------------------------------------------------
+    def _read(self, ref: str, task_id: int | str | None) -> bytes:
+        parts = urlsplit(ref)
+        scheme = parts.scheme.lower()
+        if scheme in CLOUD_SCHEMES:
+            return self._presigned(ref, task_id)
+        if scheme in ("http", "https"):
+            if self.label_studio_url and _same_origin(ref, self.label_studio_url):
+                return self._get(ref, auth=True)
+            return self._get(ref, auth=False)
+        if scheme:
+            raise AccessDeniedError(f"image reference {_short(ref)!r} uses an unsupported scheme {scheme!r}")
+        if parts.path.startswith("/data/local-files"):
+            values = parse_qs(parts.query).get("d")
+            if not values:
+                raise ImageError(f"local-files reference {_short(ref)!r} has no ?d= path")
+            if self.local_files_root is not None:
+                path = local_file_path(self.local_files_root, values[0])
+                try:
+                    return path.read_bytes()
+                except OSError as exc:
+                    raise ImageError(f"cannot read local file {values[0]!r}: {exc.strerror}") from None
+            return self._get(self._ls_url(ref), auth=True)
+        if parts.path.startswith("/data/") or parts.path.startswith("/storage-data/"):
+            return self._get(self._ls_url(ref), auth=True)
+        raise AccessDeniedError(f"image reference {_short(ref)!r} is neither a URL nor a Label Studio path")
+
+    def _ls_url(self, path: str) -> str:
+        if not self.label_studio_url:
+            raise ImageError(
+                f"image {_short(path)!r} is served by Label Studio: set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY "
+                "(or --label-studio-url / --label-studio-api-key)"
+            )
+        return self.label_studio_url + path
+
+    def _presigned(self, uri: str, task_id: int | str | None) -> bytes:
+        if task_id is None:
+            raise ImageError(f"cloud image {_short(uri)!r} needs the task id to ask Label Studio for a link")
+        fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
+        return self._get(self._ls_url(f"/tasks/{task_id}/presign/?fileuri={fileuri}"), auth=True)
+
+    def _get(self, url: str, *, auth: bool) -> bytes:
+        headers = {}
+        if auth:
+            if self.auth is None:
+                raise ImageError(
+                    f"fetching {_short(url)!r} needs LABEL_STUDIO_API_KEY (a personal access token)"
+                )
+            headers["Authorization"] = self.auth.header()
+        try:
+            with self.client.stream("GET", url, headers=headers) as response:
+                if response.status_code != 200:
+                    raise ImageError(f"GET {_short(url)} answered HTTP {response.status_code}")
+                chunks, total = [], 0
+                for chunk in response.iter_bytes():
+                    total += len(chunk)
+                    if total > MAX_DOWNLOAD_BYTES:
+                        raise ImageError(f"{_short(url)} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB")
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise ImageError(f"cannot download {_short(url)} ({type(exc).__name__}: {exc})") from None
+        return b"".join(chunks)
+
+    def _remember(self, ref: str, entry: tuple[np.ndarray, str]) -> None:
+        size = entry[0].nbytes
+        if size > self.max_cache_bytes:
+            return
+        with self._lock:
+            old = self._cache.pop(ref, None)
+            if old is not None:
+                self._cache_bytes -= old[0].nbytes
+            self._cache[ref] = entry
+            self._cache_bytes += size
+            while self._cache_bytes > self.max_cache_bytes:
+                _, (evicted, _) = self._cache.popitem(last=False)
+                self._cache_bytes -= evicted.nbytes
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.netloc.lower()) == (pb.scheme, pb.netloc.lower())
+
+
+def _short(ref: str) -> str:
+    """A reference short enough for a log line, without query secrets of presigned URLs."""
+    parts = urlsplit(ref)
+    if parts.scheme in ("http", "https") and parts.query and "local-files" not in parts.path:
+        ref = ref.split("?", 1)[0] + "?..."
+    return ref if len(ref) <= 200 else ref[:197] + "..."

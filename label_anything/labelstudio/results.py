@@ -1,0 +1,137 @@
+"""A mask → Label Studio result regions: ``brushlabels`` (RLE), ``rectanglelabels``, ``polygonlabels``.
+
+Geometry comes from ``label_anything.masks`` and the brush encoding from ``labelstudio.rle``; this
+module only chooses controls and writes Label Studio's JSON shapes. Percent values go through
+``context.pixels_to_percent``, the one conversion the backend uses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from label_anything import masks
+from label_anything.errors import LabelAnythingError
+from label_anything.labelstudio.config import LabelConfig
+from label_anything.labelstudio.context import Click, pixels_to_percent
+from label_anything.labelstudio.rle import brush_rle_encode
+
+
+class OutputError(LabelAnythingError):
+    """No output control can carry the answer (missing control, or the label is not in it)."""
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which regions to answer with, and how polygons are simplified.
+
+    Attributes:
+        mask: answer a ``brushlabels`` region (brush RLE).
+        bbox: answer a ``rectanglelabels`` region (the mask's tight box).
+        poly: answer ``polygonlabels`` regions (one per connected part).
+        poly_tolerance: polygon simplification tolerance in pixels.
+        poly_min_area: drop polygon parts smaller than this many pixels.
+    """
+
+    mask: bool = True
+    bbox: bool = False
+    poly: bool = False
+    poly_tolerance: float = 1.0
+    poly_min_area: float = 16.0
+
+    def types(self) -> tuple[str, ...]:
+        """Enabled result types, in answer order."""
+        wanted = (("brushlabels", self.mask), ("rectanglelabels", self.bbox), ("polygonlabels", self.poly))
+        return tuple(t for t, on in wanted if on)
+
+
+def output_controls(config: LabelConfig, click: Click, options: OutputOptions) -> dict[str, str]:
+    """Result type → control name for every enabled output, checked before any model work.
+
+    Raises OutputError naming the control and label when the clicked label is missing from an output
+    control, or when no enabled output has a control on the clicked image.
+    """
+    chosen: dict[str, str] = {}
+    for type_ in options.types():
+        control = config.output_control(type_, click.to_name)
+        if control is None:
+            continue
+        if click.label not in control.labels:
+            raise OutputError(
+                f"label {click.label!r} is not in <{type_}> control {control.name!r} "
+                f"(its labels: {', '.join(control.labels) or 'none'}); add it to the label config"
+            )
+        chosen[type_] = control.name
+    if not chosen:
+        wanted = ", ".join(options.types()) or "nothing (all outputs are off)"
+        raise OutputError(
+            f"the label config has no control of type {wanted} with toName={click.to_name!r}; "
+            f"add one (e.g. <BrushLabels toName={click.to_name!r}>) or change "
+            "--out-mask/--out-bbox/--out-poly"
+        )
+    return chosen
+
+
+def _region(click: Click, control: str, type_: str, value: dict, score: float) -> dict:
+    return {
+        "id": uuid.uuid4().hex[:10],
+        "from_name": control,
+        "to_name": click.to_name,
+        "type": type_,
+        "original_width": click.width,
+        "original_height": click.height,
+        "image_rotation": click.rotation,
+        "value": value,
+        "score": score,
+        "readonly": False,
+    }
+
+
+def box_value(xyxy: np.ndarray, click: Click) -> dict:
+    """Pixel-edge box ``x0, y0, x1, y1`` (x1 exclusive) → rectangle value in percent.
+
+    The rectangle covers whole pixels, so every mask pixel is inside it.
+    """
+    x0, y0, x1, y1 = (float(v) for v in xyxy)
+    return {
+        "x": pixels_to_percent(x0, click.width),
+        "y": pixels_to_percent(y0, click.height),
+        "width": pixels_to_percent(x1 - x0, click.width),
+        "height": pixels_to_percent(y1 - y0, click.height),
+        "rotation": 0,
+        "rectanglelabels": [click.label],
+    }
+
+
+def mask_results(
+    mask: np.ndarray, score: float, click: Click, controls: dict[str, str], options: OutputOptions
+) -> list[dict]:
+    """Regions for one mask (H, W) bool under ``click.label``; empty for an empty mask."""
+    if mask.shape != (click.height, click.width):
+        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, the image {click.width}x{click.height}")
+    if not mask.any():
+        return []
+    score = round(float(score), 6)
+    results: list[dict] = []
+    if "brushlabels" in controls:
+        value = {"format": "rle", "rle": brush_rle_encode(mask), "brushlabels": [click.label]}
+        results.append(_region(click, controls["brushlabels"], "brushlabels", value, score))
+    if "rectanglelabels" in controls:
+        value = box_value(masks.mask_to_xyxy(mask), click)
+        results.append(_region(click, controls["rectanglelabels"], "rectanglelabels", value, score))
+    if "polygonlabels" in controls:
+        polygons = masks.mask_to_polygons(
+            mask, tolerance=options.poly_tolerance, min_area=options.poly_min_area
+        )
+        for polygon in polygons:
+            points = [
+                [pixels_to_percent(x, click.width), pixels_to_percent(y, click.height)]
+                for x, y in np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+            ]
+            if len(points) < 3:
+                continue
+            value = {"points": points, "closed": True, "polygonlabels": [click.label]}
+            results.append(_region(click, controls["polygonlabels"], "polygonlabels", value, score))
+    return results

@@ -1,0 +1,461 @@
+"""The ML backend over HTTP, with MobileSAM random weights: protocol shapes, masks equal to the engine's,
+refinement equal to the official predictor, errors as 4xx JSON, image sources and their safety."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from label_anything.engine import Prompt, decode, encode
+from label_anything.engine.cache import EmbeddingCache
+from label_anything.errors import ImageError
+from label_anything.images import read_image
+from label_anything.labelstudio.images import AccessDeniedError, ImageFetcher, local_file_path
+from label_anything.labelstudio.results import OutputOptions
+from label_anything.labelstudio.server import Backend, ServeOptions, create_app
+
+H, W = 300, 451
+CONFIG = ""  # the original tool's label config, set from the ``original_label_config`` fixture
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _label_config(original_label_config):
+    global CONFIG
+    CONFIG = original_label_config
+
+
+def kp(x, y, positive=True, label="cat"):
+    """A smart keypoint at pixel (x, y) as Label Studio sends it (percent)."""
+    return {
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "id": f"k{x}_{y}",
+        "value": {"x": x * 100 / W, "y": y * 100 / H, "width": 0.5, "keypointlabels": [label]},
+        "is_positive": positive,
+        "from_name": "KeyPointLabels",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+    }
+
+
+def rect(x0, y0, x1, y1, label="cat"):
+    return {
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "id": "r1",
+        "value": {
+            "x": x0 * 100 / W,
+            "y": y0 * 100 / H,
+            "width": (x1 - x0) * 100 / W,
+            "height": (y1 - y0) * 100 / H,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+        "from_name": "RectangleLabels",
+        "to_name": "image",
+        "type": "rectanglelabels",
+    }
+
+
+def assert_same_mask(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to float noise: the same computation run in a worker thread may sum in another order,
+    which flips the rare pixel whose logit sits within ~1e-6 of the threshold (random weights give many
+    logits near 0). Measured: at most 5 of 135,300 pixels; a real bug changes thousands."""
+    assert actual.shape == expected.shape
+    assert expected.any()
+    assert np.count_nonzero(actual != expected) <= max(10, expected.size // 10_000)
+
+
+def brush_mask(region: dict) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle
+
+    w, h = region["original_width"], region["original_height"]
+    return np.reshape(decode_rle(region["value"]["rle"]), (h, w, 4))[:, :, 3] > 0
+
+
+@pytest.fixture()
+def make_client(mobile_sam_model, chelsea_jpeg):
+    """Factory: a TestClient on a fresh backend (float32 cache: masks equal the engine's bit for bit)."""
+    clients = []
+
+    def make(**options) -> TestClient:
+        outputs = OutputOptions(mask=True, bbox=True, poly=True, poly_tolerance=0.0, poly_min_area=0.0)
+        serve = ServeOptions(outputs=options.pop("outputs", outputs), **options)
+        fetcher = ImageFetcher(local_files_root=chelsea_jpeg.parent)
+        backend = Backend(mobile_sam_model, fetcher, EmbeddingCache(dtype=np.float32), serve)
+        client = TestClient(create_app(backend))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture()
+def client(make_client):
+    return make_client()
+
+
+@pytest.fixture(scope="module")
+def task(chelsea_jpeg):
+    return {"id": 7, "data": {"image": "/data/local-files/?d=" + quote(chelsea_jpeg.name)}}
+
+
+@pytest.fixture(scope="module")
+def image(chelsea_jpeg):
+    return read_image(chelsea_jpeg)
+
+
+@pytest.fixture(scope="module")
+def embedding(mobile_sam_model, image):
+    return encode(mobile_sam_model, image)
+
+
+def predict(client, task, regions, config=None):
+    body = {
+        "tasks": [task],
+        "project": "1.1700000000",
+        "label_config": config or CONFIG,
+        "params": {"login": None, "password": None, "context": {"result": regions}},
+    }
+    return client.post("/predict", json=body)
+
+
+def by_type(prediction):
+    out = {}
+    for region in prediction["result"]:
+        out.setdefault(region["type"], []).append(region)
+    return out
+
+
+# -- protocol --------------------------------------------------------------------------------------
+def test_health_setup_versions_webhook(client, mobile_sam_model):
+    assert client.get("/health").json()["status"] == "UP"
+    t0 = time.perf_counter()
+    setup = client.post(
+        "/setup",
+        json={
+            "project": "3.1700000000",
+            "schema": CONFIG,
+            "hostname": "x",
+            "access_token": "t",
+            "extra_params": None,
+        },
+    )
+    assert setup.status_code == 200 and time.perf_counter() - t0 < 0.5
+    version = setup.json()["model_version"]
+    assert version == mobile_sam_model.info.model_id and version.startswith("mobile_sam-vit_t-")
+    assert client.get("/versions").json() == {"versions": [version]}
+    assert client.post("/webhook", json={"action": "START_TRAINING"}).status_code == 200
+
+
+def test_click_gives_mask_box_polygons_equal_to_engine(client, task, mobile_sam_model, image, embedding):
+    from label_anything.masks import mask_to_xyxy, polygons_to_mask
+
+    response = predict(client, task, [kp(200, 120), kp(380, 40, positive=False)])
+    assert response.status_code == 200, response.text
+    prediction = response.json()["results"][0]
+    assert prediction["model_version"] == mobile_sam_model.info.model_id
+    expected, score, _ = decode(mobile_sam_model, embedding, Prompt.from_lists([(200, 120), (380, 40)], [1, 0])).best()
+    assert expected.any()
+    regions = by_type(prediction)
+    (brush,) = regions["brushlabels"]
+    assert brush["from_name"] == "BrushLabels" and brush["to_name"] == "image"
+    assert brush["value"]["brushlabels"] == ["cat"] and brush["value"]["format"] == "rle"
+    assert (brush["original_width"], brush["original_height"], brush["image_rotation"]) == (W, H, 0)
+    served = brush_mask(brush)
+    assert_same_mask(served, expected)
+    assert prediction["score"] == pytest.approx(score, abs=1e-5)
+    (box,) = regions["rectanglelabels"]
+    v = box["value"]
+    x0, y0, x1, y1 = mask_to_xyxy(served)
+    assert (v["x"] * W / 100, v["y"] * H / 100) == (pytest.approx(x0), pytest.approx(y0))
+    assert ((v["x"] + v["width"]) * W / 100, (v["y"] + v["height"]) * H / 100) == (
+        pytest.approx(x1),
+        pytest.approx(y1),
+    )
+    polygons = [np.array(r["value"]["points"]) * [W / 100, H / 100] for r in regions["polygonlabels"]]
+    np.testing.assert_array_equal(polygons_to_mask(polygons, H, W), served)  # tolerance 0: exact
+    ids = [r["id"] for r in prediction["result"]]
+    assert len(set(ids)) == len(ids)
+    assert all(isinstance(r["score"], float) for r in prediction["result"])
+
+
+def test_rectangle_and_points_plus_rectangle(client, task, mobile_sam_model, embedding):
+    box = (120, 20, 400, 290)
+    prediction = predict(client, task, [rect(*box)]).json()["results"][0]
+    expected = decode(mobile_sam_model, embedding, Prompt.from_lists(box=box)).best()[0]
+    assert_same_mask(brush_mask(by_type(prediction)["brushlabels"][0]), expected)
+
+    prediction = predict(client, task, [rect(*box), kp(250, 150)]).json()["results"][0]
+    expected = decode(mobile_sam_model, embedding, Prompt.from_lists([(250, 150)], box=box)).best()[0]
+    assert_same_mask(brush_mask(by_type(prediction)["brushlabels"][0]), expected)
+
+
+def test_refinement_equals_official_predictor(client, task, mobile_sam_model, image):
+    from mobile_sam import SamPredictor
+
+    first = [kp(200, 120)]
+    second = [kp(200, 120), kp(300, 200, positive=False)]
+    assert predict(client, task, first).status_code == 200
+    refined = brush_mask(by_type(predict(client, task, second).json()["results"][0])["brushlabels"][0])
+
+    predictor = SamPredictor(mobile_sam_model.network)
+    predictor.set_image(image)
+    _, scores, logits = predictor.predict(np.array([[200.0, 120.0]]), np.array([1]), multimask_output=True)
+    masks, _, _ = predictor.predict(
+        np.array([[200.0, 120.0], [300.0, 200.0]]),
+        np.array([1, 0]),
+        mask_input=logits[int(np.argmax(scores))][None],
+        multimask_output=False,
+    )
+    assert_same_mask(refined, masks[0])
+
+
+def test_no_refine_answers_fresh(make_client, task, mobile_sam_model, embedding):
+    client = make_client(refine=False)
+    predict(client, task, [kp(200, 120)])
+    prediction = predict(client, task, [kp(200, 120), kp(300, 200, positive=False)]).json()["results"][0]
+    fresh = decode(mobile_sam_model, embedding, Prompt.from_lists([(200, 120), (300, 200)], [1, 0])).best()[0]
+    assert_same_mask(brush_mask(by_type(prediction)["brushlabels"][0]), fresh)
+
+
+def test_open_task_answers_at_once_and_encodes_in_background(client, task, mobile_sam_model):
+    body = {
+        "tasks": [task, {"id": 8, "data": {"image": task["data"]["image"]}}],
+        "project": "1.1",
+        "label_config": CONFIG,
+        "params": {"context": None},
+    }
+    t0 = time.perf_counter()
+    response = client.post("/predict", json=body)
+    assert time.perf_counter() - t0 < 1.0
+    results = response.json()["results"]
+    assert [r["result"] for r in results] == [[], []]
+    assert all(r["model_version"] == mobile_sam_model.info.model_id for r in results)
+    backend = client.app.state.backend
+    assert backend.wait_for_prefetch(60)
+    assert len(backend.cache) == 1
+
+
+def test_label_config_from_setup_is_used(client, task):
+    client.post("/setup", json={"project": "5.1700000000", "schema": CONFIG})
+    body = {"tasks": [task], "project": "5.1700000001", "params": {"context": {"result": [kp(200, 120)]}}}
+    assert client.post("/predict", json=body).status_code == 200
+
+
+def test_deleted_regions_give_empty_result(client, task):
+    assert predict(client, task, []).json()["results"][0]["result"] == []
+
+
+# -- errors: 4xx JSON, one log line, no stack trace to the client ------------------------------------
+@pytest.mark.parametrize(
+    ("regions", "config", "status", "words"),
+    [
+        ([kp(200, 120, label="dog")], None, 400, "label 'dog' is not in"),
+        (
+            [kp(200, 120)],
+            '<View><Image name="image" value="$image"/>'
+            '<KeyPointLabels name="k" toName="image"><Label value="cat"/></KeyPointLabels></View>',
+            400,
+            "no control of type",
+        ),
+        ([dict(kp(200, 120), original_width=W + 1)], None, 422, "shows it as 452x300"),
+        ([dict(kp(200, 120), to_name="other")], None, 400, "toName='other'"),
+        ([{**kp(200, 120), "value": {"x": "left", "y": 1, "keypointlabels": ["cat"]}}], None, 400, "finite number"),
+    ],
+)
+def test_bad_requests_are_4xx_json(client, task, regions, config, status, words, caplog):
+    response = predict(client, task, regions, config)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+    assert "Traceback" not in response.text
+    assert any(words in r.getMessage() for r in caplog.records)
+
+
+def test_bad_bodies_and_images(client, task):
+    assert client.post("/predict", content=b"{not json").status_code == 400
+    assert client.post("/predict", json={"tasks": []}).status_code == 400
+    assert client.post("/predict", json={"tasks": [task], "params": {"context": {"result": []}}}).status_code == 400
+    for ref in [
+        "/data/local-files/?d=../../etc/passwd",
+        "/data/local-files/?d=%2Fetc%2Fpasswd",
+        "/data/local-files/?d=..%2F..%2Fetc%2Fpasswd",
+        "file:///etc/passwd",
+    ]:
+        response = predict(client, {"id": 1, "data": {"image": ref}}, [kp(200, 120)])
+        assert response.status_code == 403, (ref, response.text)
+    response = predict(client, {"id": 1, "data": {"image": "/data/local-files/?d=missing.jpg"}}, [kp(200, 120)])
+    assert response.status_code == 422
+    response = predict(client, {"id": 1, "data": {"image": "/data/upload/1/x.jpg"}}, [kp(200, 120)])
+    assert response.status_code == 422 and "LABEL_STUDIO_URL" in response.json()["error"]
+
+
+def test_basic_auth(make_client, task):
+    client = make_client(basic_auth=("ls", "s3cret"))
+    assert client.get("/health").status_code == 401
+    assert client.get("/health", auth=("ls", "wrong")).status_code == 401
+    assert client.get("/health", auth=("ls", "s3cret")).json()["status"] == "UP"
+    assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 401
+    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 200  # LS sends no auth
+    client.auth = ("ls", "s3cret")
+    assert predict(client, task, [kp(200, 120)]).status_code == 200
+
+
+# -- image sources ---------------------------------------------------------------------------------
+def test_local_files_are_confined_to_the_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub dir").mkdir(parents=True)
+    (root / "sub dir" / "é 1.jpg").write_bytes(b"x")
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (root / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    assert local_file_path(root, "sub dir/é 1.jpg").name == "é 1.jpg"
+    for bad in ["../secret.jpg", "/etc/passwd", "sub dir/../../secret.jpg", "link.jpg", "a\\..\\b", ""]:
+        with pytest.raises(AccessDeniedError):
+            local_file_path(root, bad)
+    with pytest.raises(ImageError):
+        local_file_path(root, "nope.jpg")
+
+
+def _jwt(payload: dict) -> str:
+    def b64(d):
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    return f"{b64({'alg': 'HS256'})}.{b64(payload)}.sig"
+
+
+def test_fetch_from_label_studio_with_personal_access_token(chelsea_jpeg):
+    jpeg = chelsea_jpeg.read_bytes()
+    seen = []
+    refreshes = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/api/token/refresh/":
+            refreshes.append(json.loads(request.content))
+            # expires at once: the next fetch must refresh again
+            return httpx.Response(200, json={"access": _jwt({"exp": time.time() + 10, "n": len(refreshes)})})
+        if request.url.host == "ls.test":
+            assert request.headers["authorization"].startswith("Bearer ")
+            if request.url.path.startswith("/tasks/"):
+                return httpx.Response(302, headers={"location": "https://bucket.test/obj.jpg?sig=1"})
+            return httpx.Response(200, content=jpeg)
+        assert "authorization" not in request.headers  # the key never leaves Label Studio
+        return httpx.Response(200, content=jpeg)
+
+    pat = _jwt({"token_type": "refresh", "exp": time.time() + 3600})
+    fetcher = ImageFetcher("http://ls.test", pat, transport=httpx.MockTransport(handler))
+    name = quote(chelsea_jpeg.name)
+    image, digest = fetcher.fetch(f"/data/upload/1/abc-{name}")
+    assert image.shape == (H, W, 3) and refreshes == [{"refresh": pat}]
+    assert seen[-1].url.raw_path.decode().endswith(name)
+    fetcher.fetch("s3://bucket/a b.jpg", task_id=12)
+    presign = next(r for r in seen if r.url.path.startswith("/tasks/"))
+    fileuri = presign.url.params["fileuri"]
+    assert presign.url.path == "/tasks/12/presign/" and base64.urlsafe_b64decode(fileuri) == b"s3://bucket/a b.jpg"
+    fetcher.fetch("https://elsewhere.test/x.jpg")
+    assert len(refreshes) == 2  # the access token lives 10 s < 30 s margin: refreshed for each LS call
+    n = len(seen)
+    assert fetcher.fetch(f"/data/upload/1/abc-{name}")[1] == digest and len(seen) == n  # cached
+
+
+def test_legacy_token(chelsea_jpeg):
+    def handler(request):
+        assert request.headers["authorization"] == "Token abc123"
+        return httpx.Response(200, content=chelsea_jpeg.read_bytes())
+
+    fetcher = ImageFetcher("http://ls.test/", "abc123", transport=httpx.MockTransport(handler))
+    assert fetcher.fetch("/data/local-files/?d=x.jpg")[0].shape == (H, W, 3)
+
+
+# -- over a real socket: concurrency and latency ------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_uvicorn_health_stays_responsive_and_click_latency(mobile_sam_model, chelsea_jpeg, task, capsys):
+    import uvicorn
+
+    backend = Backend(
+        mobile_sam_model,
+        ImageFetcher(local_files_root=chelsea_jpeg.parent),
+        EmbeddingCache(),
+        ServeOptions(outputs=OutputOptions(mask=True, bbox=True)),
+    )
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(backend), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        body = {
+            "tasks": [task],
+            "project": "1.1",
+            "label_config": CONFIG,
+            "params": {"context": {"result": [kp(200, 120)]}},
+        }
+        cold: dict[str, float] = {}
+
+        def cold_click():
+            t0 = time.perf_counter()
+            cold["status"] = httpx.post(base + "/predict", json=body, timeout=60).status_code
+            cold["s"] = time.perf_counter() - t0
+
+        worker = threading.Thread(target=cold_click)
+        worker.start()
+        time.sleep(0.3)  # the encoder is running now
+        health = []
+        while worker.is_alive():
+            t0 = time.perf_counter()
+            assert httpx.get(base + "/health", timeout=2).status_code == 200
+            health.append(time.perf_counter() - t0)
+            time.sleep(0.1)
+        worker.join()
+        assert cold["status"] == 200 and health and max(health) < 1.0
+        warm = []
+        for i in range(5):
+            body["params"]["context"]["result"] = [kp(200 + 10 * i, 120)]
+            t0 = time.perf_counter()
+            assert httpx.post(base + "/predict", json=body, timeout=60).status_code == 200
+            warm.append(time.perf_counter() - t0)
+        with capsys.disabled():
+            print(
+                f"\n[latency, MobileSAM random weights, CPU, mask+box]"
+                f" cold click {cold['s'] * 1e3:.0f} ms; "
+                f"warm click median {np.median(warm) * 1e3:.0f} ms (min {min(warm) * 1e3:.0f}); "
+                f"/health during cold click max {max(health) * 1e3:.0f} ms"
+            )
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_classical_engine_serves_without_weights(chelsea_jpeg, task):
+    from label_anything.engine import load_model
+
+    backend = Backend(load_model("classical", device="cpu"), ImageFetcher(local_files_root=chelsea_jpeg.parent))
+    with TestClient(create_app(backend)) as client:
+        assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).json()["model_version"]
+        prediction = predict(client, task, [kp(200, 120)]).json()["results"][0]
+    (region,) = prediction["result"]
+    assert region["type"] == "brushlabels" and brush_mask(region)[120, 200]
