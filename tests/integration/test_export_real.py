@@ -1,0 +1,114 @@
+"""A real Label Studio 1.23.2 export → ``label-anything convert`` → pycocotools.
+
+The annotation is built from the backend's suggestion (brush + box), saved through Label Studio's API,
+exported as JSON, and converted. Label Studio's own COCO export of the same project must agree on the
+boxes; the masks must be exactly the brush masks Label Studio stored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from label_anything.labelstudio.rle import brush_rle_decode
+
+pytestmark = pytest.mark.integration
+
+
+def ok(response, status=(200, 201)):
+    assert response.status_code in status, f"{response.request.method} {response.request.url}: {response.text}"
+    return response
+
+
+def keypoint(x: float, y: float, w: int, h: int) -> dict:
+    return {
+        "original_width": w, "original_height": h, "image_rotation": 0, "id": "kp1",
+        "value": {"x": x * 100 / w, "y": y * 100 / h, "width": 0.5, "keypointlabels": ["cat"]},
+        "is_positive": True, "from_name": "KeyPointLabels", "to_name": "image", "type": "keypointlabels",
+    }
+
+
+@pytest.fixture(scope="module")
+def labelled_project(label_studio, start_backend, original_label_config, chelsea_jpeg, tmp_path_factory):
+    """A project with two uploaded photos: Chelsea annotated from a suggestion, coffee left unlabelled."""
+    import skimage.data
+
+    api = label_studio.api
+    proj = ok(api.post("/api/projects", json={"title": "export it", "label_config": original_label_config})).json()
+    coffee = tmp_path_factory.mktemp("coffee") / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(coffee)
+    for path, mime in ((chelsea_jpeg, "image/jpeg"), (coffee, "image/png")):
+        with open(path, "rb") as f:
+            ok(api.post(f"/api/projects/{proj['id']}/import", files={"file": (path.name, f, mime)}))
+    tasks = ok(api.get("/api/tasks", params={"project": proj["id"]})).json()["tasks"]
+    (cat_task,) = [t for t in tasks if "chelsea" in t["data"]["image"]]
+    backend = start_backend("--out-bbox")
+    ml = ok(api.post("/api/ml", json={"url": backend.url, "project": proj["id"], "is_interactive": True})).json()
+    body = {"task": cat_task["id"], "context": {"result": [keypoint(200, 120, 451, 300)]}}
+    answer = ok(api.post(f"/api/ml/{ml['id']}/interactive-annotating", json=body)).json()
+    result = answer.get("data", answer)["result"]
+    assert {r["type"] for r in result} == {"brushlabels", "rectanglelabels"}
+    ok(api.post(f"/api/tasks/{cat_task['id']}/annotations", json={"result": result}))
+    return proj, cat_task
+
+
+def test_real_export_converts_exactly(label_studio, labelled_project, tmp_path):
+    from pycocotools.coco import COCO
+
+    proj, cat_task = labelled_project
+    api = label_studio.api
+    params = {"exportType": "JSON", "download_all_tasks": "true"}  # unlabelled tasks too
+    exported = ok(api.get(f"/api/projects/{proj['id']}/export", params=params)).json()
+    export_file = tmp_path / "export.json"
+    export_file.write_text(json.dumps(exported, ensure_ascii=False))
+    out = tmp_path / "dataset"
+    env = {**os.environ, "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token}
+    proc = subprocess.run(
+        [sys.executable, "-m", "label_anything", "convert", str(export_file), "--to", "coco-rle", "--out", str(out),
+         "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "cat" in proc.stdout  # the class list, ready to paste
+
+    coco = COCO(str(out / "annotations" / "ann.json"))
+    assert len(coco.getImgIds()) == 2  # the unlabelled photo stays, without annotations
+    (img_id,) = [i for i, im in coco.imgs.items() if "chelsea" in im["file_name"]]
+    image = coco.imgs[img_id]
+    assert (image["width"], image["height"]) == (451, 300)
+    assert "café" in image["file_name"]
+    assert (out / "images" / image["file_name"]).is_file()
+    assert np.asarray(Image.open(out / "images" / image["file_name"])).shape == (300, 451, 3)
+
+    (entry,) = [t for t in exported if t["id"] == cat_task["id"]]
+    stored = {r["type"]: r for r in entry["annotations"][0]["result"]}
+    brush = brush_rle_decode(stored["brushlabels"]["value"]["rle"], 300, 451)
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id]))
+    masked = [a for a in anns if a["segmentation"]]
+    boxes = [a for a in anns if not a["segmentation"]]
+    assert len(masked) == 1 and len(boxes) == 1
+    (mask_ann,) = masked
+    np.testing.assert_array_equal(coco.annToMask(mask_ann).astype(bool), brush)
+    assert mask_ann["area"] == int(brush.sum())
+    ys, xs = np.nonzero(brush)
+    tight = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    np.testing.assert_allclose(mask_ann["bbox"], tight, atol=1e-6)
+    np.testing.assert_allclose(boxes[0]["bbox"], tight, atol=1e-3)  # the suggested box is the mask's box
+    assert coco.cats[mask_ann["category_id"]]["name"] == "cat"
+
+    # Label Studio's own COCO export of the same project agrees on the box.
+    response = ok(api.get(f"/api/projects/{proj['id']}/export", params={"exportType": "COCO"}))
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".json")]
+        theirs = json.loads(archive.read(name))
+    their_boxes = [a["bbox"] for a in theirs["annotations"]]
+    assert any(np.allclose(b, tight, atol=1e-2) for b in their_boxes), (their_boxes, tight)
+
