@@ -447,14 +447,13 @@ def test_preview(tmp_path: Path, imgs: Path) -> None:
             shutil.rmtree(tmp_path / "out")
 
 
-def test_main_convert_subprocess(tmp_path: Path, imgs: Path) -> None:
+def test_convert_command_subprocess(tmp_path: Path, imgs: Path) -> None:
     h, w = donut().shape
     save_image(imgs, "a.png", w, h)
     export = write_export(tmp_path / "e.json", [task(1, "/data/upload/9/a.png", [brush(donut(), "ring")])])
-    code = ("import sys; from label_anything.export.commands import main_convert; "
-            "sys.exit(main_convert(sys.argv[1:]))")
+    cli = [sys.executable, "-m", "label_anything", "convert"]
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(export), "--to", "coco-polygon", "--out", str(tmp_path / "o"),
+        [*cli, str(export), "--to", "coco-polygon", "--out", str(tmp_path / "o"),
          "--images-root", str(imgs), "--no-download"],
         capture_output=True, text=True, cwd=ROOT, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
@@ -462,7 +461,7 @@ def test_main_convert_subprocess(tmp_path: Path, imgs: Path) -> None:
     assert "classes = ('ring',)" in proc.stdout
     assert "convert" in proc.stderr  # the progress bar
     assert (tmp_path / "o/images/a.png").is_file()
-    bad = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope.json"), "--out", str(tmp_path / "o2")],
+    bad = subprocess.run([*cli, str(tmp_path / "nope.json"), "--out", str(tmp_path / "o2")],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from label_anything.errors import LabelAnythingError
@@ -124,31 +121,3 @@ def cmd_preview(args: argparse.Namespace) -> int:
     missing = f", {info['missing']} images missing" if info["missing"] else ""
     print(f"drew {info['drawn']} images into {args.out}{missing}; contact sheet: {info['sheet']}")
     return 0
-
-
-def _main(register, argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="label-anything")
-    sub = parser.add_subparsers(dest="command")
-    register(sub)
-    name = next(iter(sub.choices))
-    args = parser.parse_args([name, *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except LabelAnythingError as exc:
-        print(f"label-anything: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def main_convert(argv: Sequence[str] | None = None) -> int:
-    """``label-anything convert`` without the main CLI: ``main_convert(["export.json", "--out", "ds"])``."""
-    return _main(add_convert_parser, argv)
-
-
-def main_preview(argv: Sequence[str] | None = None) -> int:
-    """``label-anything preview`` without the main CLI."""
-    return _main(add_preview_parser, argv)
-
-
-if __name__ == "__main__":  # python -m label_anything.export.commands EXPORT.json --out DIR
-    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
-    sys.exit(main_convert())
