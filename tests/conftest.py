@@ -26,6 +26,12 @@ def build_random_checkpoint(family: str, config: str, path: Path, seed: int = 0)
 
 
 @pytest.fixture(scope="session")
+def checkpoint_builder() -> Callable[..., Path]:
+    """``build_random_checkpoint`` for tests that write (and delete) their own large checkpoint files."""
+    return build_random_checkpoint
+
+
+@pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Factory: ``random_checkpoint("mobile_sam", "vit_t", seed=0)`` → path of a random-weight state dict.
 

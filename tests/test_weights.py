@@ -167,11 +167,9 @@ def test_devices():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("family", "config"), [("sam", "vit_l"), ("sam_hq", "vit_h")])
-def test_large_architectures_load(family, config, tmp_path):
+def test_large_architectures_load(family, config, tmp_path, checkpoint_builder):
     """vit_l / vit_h are too slow to encode on 2 cores: prove construction and checkpoint loading."""
-    from conftest import build_random_checkpoint
-
-    path = build_random_checkpoint(family, config, tmp_path / "big.pth")
+    path = checkpoint_builder(family, config, tmp_path / "big.pth")
     model = load_model(family, config, path, device="cpu")
     assert model.info.config == config and len(model.info.weights_digest) == 64
     path.unlink()
