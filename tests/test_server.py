@@ -459,3 +459,31 @@ def test_classical_engine_serves_without_weights(chelsea_jpeg, task):
         prediction = predict(client, task, [kp(200, 120)]).json()["results"][0]
     (region,) = prediction["result"]
     assert region["type"] == "brushlabels" and brush_mask(region)[120, 200]
+
+
+def test_exif_rotated_photo_uses_the_orientation_label_studio_shows(client, chelsea, chelsea_jpeg, mobile_sam_model):
+    """A JPEG stored sideways with EXIF orientation 6: Label Studio shows it upright (451 tall, 300 wide)
+    and sends percent of that; the mask must come back at that size, on the pixels clicked."""
+    from PIL import Image
+
+    name = "sideways ü.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(chelsea).save(chelsea_jpeg.parent / name, quality=95, exif=exif)
+    upright = read_image(chelsea_jpeg.parent / name)
+    assert upright.shape[:2] == (W, H)
+    sideways_task = {"id": 8, "data": {"image": "/data/local-files/?d=" + quote(name)}}
+    x, y = 150, 300  # pixels of the upright image
+    point = kp(0, 0)
+    point.update(original_width=H, original_height=W,
+                 value={"x": x * 100 / H, "y": y * 100 / W, "width": 0.5, "keypointlabels": ["cat"]})
+    response = predict(client, sideways_task, [point])
+    assert response.status_code == 200, response.text
+    (brush,) = by_type(response.json()["results"][0])["brushlabels"]
+    assert (brush["original_width"], brush["original_height"]) == (H, W)
+    expected = decode(mobile_sam_model, encode(mobile_sam_model, upright), Prompt.from_lists([(x, y)])).best()[0]
+    assert_same_mask(brush_mask(brush), expected)
+    # Sizes of the stored (unrotated) pixels do not match what the browser showed: refused, not guessed.
+    point["original_width"], point["original_height"] = W, H
+    refused = predict(client, sideways_task, [point])
+    assert refused.status_code == 422 and "decodes to 300x451" in refused.json()["error"]
