@@ -474,3 +474,34 @@ def test_not_an_export(tmp_path: Path) -> None:
     with pytest.raises(LabelAnythingError, match="not valid JSON"):
         convert(tmp_path / "e.json", tmp_path / "o", progress=False, locator=ImageLocator(download=False))
     assert not (tmp_path / "o" / "annotations" / "ann.json").exists()
+
+
+def test_smart_click_answer_is_one_object(tmp_path: Path, imgs: Path) -> None:
+    """Brush + its box + its polygon (what a smart click answers with --out-bbox --out-poly) → one object;
+    a box or polygon of another object, or of another label, stays."""
+    from label_anything.masks import mask_to_polygons, mask_to_xyxy
+
+    mask = donut()
+    h, w = mask.shape
+    save_image(imgs, "a.png", w, h)
+    x0, y0, x1, y1 = mask_to_xyxy(mask)
+    (outline,) = mask_to_polygons(mask)
+    results = [
+        brush(mask, "ring"),
+        rectangle(x0, y0, x1 - x0, y1 - y0, w, h, "ring", rid="r1"),
+        polygon([tuple(p) for p in outline], w, h, "ring", rid="p1"),
+        rectangle(2, 2, 10, 10, w, h, "ring", rid="r2"),  # another object
+        rectangle(x0, y0, x1 - x0, y1 - y0, w, h, "other", rid="r3"),  # same box, another label
+    ]
+    export = write_export(tmp_path / "e.json", [task(1, "/data/upload/9/a.png", results)])
+    out = tmp_path / "o"
+    summary = convert(export, out, fmt="coco-rle", locator=ImageLocator(imgs, download=False), progress=False)
+    anns = json.loads((out / "annotations" / "ann.json").read_text())["annotations"]
+    assert len(anns) == 3
+    assert sorted(bool(a["segmentation"]) for a in anns) == [False, False, True]
+    assert summary.tally.skipped["box of a mask region of the same label (one object)"] == 1
+    assert summary.tally.skipped["polygon outlining a brush mask of the same label (one object)"] == 1
+    kept = convert(export, tmp_path / "o2", fmt="coco-rle", locator=ImageLocator(imgs, download=False),
+                   progress=False, merge_suggestions=False)
+    assert len(json.loads((tmp_path / "o2" / "annotations" / "ann.json").read_text())["annotations"]) == 5
+    assert not kept.tally.skipped

@@ -53,6 +53,9 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--val-ratio", type=_ratio, metavar="F", help="hold out this fraction of images as val")
     p.add_argument("--mmdet-config", choices=sorted(TEMPLATES), help="also write an MMDetection 3.x config")
     p.add_argument("--skip-boxes", action="store_true", help="leave box-only (rectanglelabels) regions out")
+    p.add_argument("--keep-duplicates", dest="merge_suggestions", action="store_false",
+                   help="keep a box or polygon that duplicates a brush mask of the same label (by default they "
+                        "are one object, as a smart click with --out-bbox/--out-poly answers)")
     p.add_argument("--all-annotations", action="store_true",
                    help="convert every non-cancelled annotation of a task (default: the newest one)")
     p.add_argument("--strict", action="store_true", help="fail (writing no annotation file) if anything is lost")
@@ -104,7 +107,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         result = convert(
             args.export, args.out, fmt=args.fmt, locator=locator, classes=args.classes or (),
             config_labels=labels, image_key=args.image_key or config_key, val_ratio=args.val_ratio,
-            mmdet_config=args.mmdet_config, skip_boxes=args.skip_boxes, all_annotations=args.all_annotations,
+            mmdet_config=args.mmdet_config, skip_boxes=args.skip_boxes,
+            merge_suggestions=args.merge_suggestions, all_annotations=args.all_annotations,
             strict=args.strict, copy_images=args.copy_images, tolerance=args.polygon_tolerance,
             progress=args.progress,
         )

@@ -31,6 +31,7 @@ from label_anything.export.labelstudio_export import (
     choose_annotations,
     image_reference,
     iter_tasks,
+    merge_suggestion_duplicates,
     parse_regions,
     task_size,
 )
@@ -129,6 +130,7 @@ def convert(
     val_ratio: float | None = None,
     mmdet_config: str | None = None,
     skip_boxes: bool = False,
+    merge_suggestions: bool = True,
     all_annotations: bool = False,
     strict: bool = False,
     copy_images: bool = True,
@@ -148,6 +150,8 @@ def convert(
         val_ratio: fraction of images for validation (None: no split).
         mmdet_config: write an MMDetection config for this model (COCO formats only).
         skip_boxes: leave box-only regions out (counted as skipped).
+        merge_suggestions: one object per smart-click answer: drop the box and polygons that duplicate a
+            brush mask of the same label in the same annotation (see ``merge_suggestion_duplicates``).
         all_annotations: convert every non-cancelled annotation of a task, not only the newest.
         strict: raise ``StrictError`` (writing no annotation file) when anything was not converted.
         copy_images: copy the images found into ``out_dir/images``.
@@ -188,7 +192,7 @@ def convert(
             result.n_tasks += 1
             _convert_task(task, index, result=result, writer=writer, locator=locator, cls=cls, keys=keys,
                           taken=taken, images_dir=images_dir, image_key=image_key, skip_boxes=skip_boxes,
-                          all_annotations=all_annotations, copy_images=copy_images)
+                          merge_suggestions=merge_suggestions, all_annotations=all_annotations, copy_images=copy_images)
             if result.n_tasks % 256 == 0:
                 bar.set_postfix(tasks=result.n_tasks, refresh=False)
         bar.set_postfix(tasks=result.n_tasks)
@@ -232,6 +236,7 @@ def _convert_task(
     images_dir: Path,
     image_key: str | None,
     skip_boxes: bool,
+    merge_suggestions: bool,
     all_annotations: bool,
     copy_images: bool,
 ) -> None:
@@ -269,7 +274,10 @@ def _convert_task(
     keys[task_id] = file_name
     writer.add_image(task_id, file_name, width, height)
     for annotation in annotations:
-        for region in parse_regions(annotation, tally, where):
+        regions = list(parse_regions(annotation, tally, where))
+        if merge_suggestions:
+            regions = merge_suggestion_duplicates(regions, tally)
+        for region in regions:
             if region.kind == "rectangle" and skip_boxes:
                 tally.skip("box-only region (--skip-boxes)")
                 continue

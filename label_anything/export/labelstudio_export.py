@@ -376,3 +376,44 @@ def task_size(task: dict[str, Any]) -> tuple[int, int] | None:
                 if isinstance(r, dict) and (size := _size(r)):
                     return size
     return None
+
+
+def merge_suggestion_duplicates(regions: list[Region], tally: Tally) -> list[Region]:
+    """Drop the extra shapes a smart click answers with, keeping one object per object.
+
+    With ``--out-bbox`` / ``--out-poly`` the backend answers one click with a brush mask *and* its box
+    and polygons; accepted together they are one object, not three. Within one annotation:
+
+    - a rectangle whose box matches (within 1 px per edge) the tight box of a mask region (brush or
+      polygon) of the same label is that mask's box;
+    - a polygon lying at least 90% inside a brush mask of the same label is that mask's outline.
+
+    Both are counted as skipped. A rectangle or polygon that stands alone stays an object.
+    """
+    from label_anything.masks import mask_to_xyxy
+
+    brushes = [r for r in regions if r.kind == "brush" and r.mask is not None and r.mask.any()]
+    kept_polygons: list[Region] = []
+    out: list[Region] = []
+    for region in regions:
+        if region.kind == "polygon" and region.polygon is not None:
+            polygon_mask = region.to_mask()
+            area = int(polygon_mask.sum())
+            if area and any(
+                b.label == region.label and np.count_nonzero(polygon_mask & b.mask) >= 0.9 * area for b in brushes
+            ):
+                tally.skip("polygon outlining a brush mask of the same label (one object)")
+                continue
+            kept_polygons.append(region)
+        out.append(region)
+    masked = brushes + kept_polygons
+    boxes = {id(m): mask_to_xyxy(m.to_mask()) for m in masked}
+    merged: list[Region] = []
+    for region in out:
+        if region.kind == "rectangle" and region.box is not None and any(
+            m.label == region.label and np.all(np.abs(boxes[id(m)] - region.box) <= 1.0) for m in masked
+        ):
+            tally.skip("box of a mask region of the same label (one object)")
+            continue
+        merged.append(region)
+    return merged

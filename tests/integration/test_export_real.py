@@ -92,16 +92,17 @@ def test_real_export_converts_exactly(label_studio, labelled_project, tmp_path):
     stored = {r["type"]: r for r in entry["annotations"][0]["result"]}
     brush = brush_rle_decode(stored["brushlabels"]["value"]["rle"], 300, 451)
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id]))
-    masked = [a for a in anns if a["segmentation"]]
-    boxes = [a for a in anns if not a["segmentation"]]
-    assert len(masked) == 1 and len(boxes) == 1
-    (mask_ann,) = masked
+    # The suggestion's brush and its box are one object: the box is merged into the mask's annotation.
+    (mask_ann,) = anns
+    assert "box of a mask region" in proc.stdout
     np.testing.assert_array_equal(coco.annToMask(mask_ann).astype(bool), brush)
     assert mask_ann["area"] == int(brush.sum())
     ys, xs = np.nonzero(brush)
     tight = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
     np.testing.assert_allclose(mask_ann["bbox"], tight, atol=1e-6)
-    np.testing.assert_allclose(boxes[0]["bbox"], tight, atol=1e-3)  # the suggested box is the mask's box
+    box = stored["rectanglelabels"]["value"]
+    suggested = [box["x"] * 4.51, box["y"] * 3.0, box["width"] * 4.51, box["height"] * 3.0]
+    np.testing.assert_allclose(suggested, tight, atol=1e-3)  # the suggested box is the mask's box
     assert coco.cats[mask_ann["category_id"]]["name"] == "cat"
 
     # Label Studio's own COCO export of the same project agrees on the box.
