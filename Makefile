@@ -10,15 +10,22 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3.12 ...'"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[labelstudio,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[labelstudio,onnx,dev]'
 	touch $(STAMP)
 
+# Chromium for the browser tests (Debian's package; Playwright drives it, no browser download).
 setup: $(STAMP)
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
+		|| echo "note: apt-get could not install chromium: browser tests will be skipped"; \
+	else echo "note: /usr/bin/chromium missing and cannot apt-get install it (need root): browser tests will be skipped"; fi
 
-run: $(STAMP)
-	$(BIN)/label-anything segment --demo
+# Label Studio + the backend on scikit-image demo photos, ready to label (Ctrl+C stops both).
+run: setup
+	$(BIN)/label-anything up --demo
 
-test: $(STAMP)
+test: setup
 	$(BIN)/ruff check label_anything tests bench
 	$(BIN)/python -m pytest -q
 

@@ -195,10 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from label_anything.export.commands import add_convert_parser, add_preview_parser
     from label_anything.labelstudio.server import add_serve_parser
+    from label_anything.labelstudio.up import add_up_parser
 
     add_serve_parser(sub)
+    add_up_parser(sub)
     add_convert_parser(sub)
     add_preview_parser(sub)
+    from label_anything.bench import add_bench_parser
+    from label_anything.precompute import add_precompute_parser
+
+    add_precompute_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -41,29 +41,41 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
         raise ImageError(f"{name} is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # ``max_pixels`` is the limit; Pillow's own warning threshold (89 M pixels) would contradict it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise ImageError(f"{name} has no pixels ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"{name} is {width}x{height} = {width * height:,} pixels, above the limit of "
-                    f"{max_pixels:,} (raise it with --max-image-pixels)"
-                )
+            _check_size(img.size, max_pixels, name)
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = img.convert("RGB")
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name} is too large to decode safely: {exc}") from None
+    except Image.DecompressionBombError:
+        # Pillow refuses on its own above 2 x Image.MAX_IMAGE_PIXELS, before the header reaches us
+        raise ImageError(
+            f"{name} declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; refused before decoding "
+            f"(limit {max_pixels:,}, see --max-image-pixels)"
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name} is not an image file (its {len(data):,} bytes start with {data[:16]!r})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name} is not a readable image ({exc})") from None
     array = np.asarray(rgb, dtype=np.uint8)
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError(f"{name} has no pixels")
     return array
+
+
+def _check_size(size: tuple[int, int], max_pixels: int, name: str) -> None:
+    """Refuse an image from its header's size alone: no pixels, or more than ``max_pixels``."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name} has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, above the limit of "
+            f"{max_pixels:,} (raise it with --max-image-pixels)"
+        )
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

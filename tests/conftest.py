@@ -106,3 +106,67 @@ ORIGINAL_LABEL_CONFIG = """
 def original_label_config() -> str:
     """The original label_anything tool's label config: smart keypoints, rectangles, polygons, brush."""
     return ORIGINAL_LABEL_CONFIG
+
+
+# -- appended for the security / load / fuzz tests ---------------------------------------------------
+class StubHttpServer:
+    """A real HTTP server on a loopback port that answers from ``routes`` and records every request.
+
+    Attributes:
+        url: ``http://127.0.0.1:PORT``.
+        routes: path (without query) → (status, headers, body); unknown paths answer 404.
+        hits: (method, path with query, headers) of every request received, in order.
+    """
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        stub = self
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.hits: list[tuple[str, str, dict[str, str]]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._answer()
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                self._answer()
+
+            def _answer(self) -> None:
+                stub.hits.append((self.command, self.path, dict(self.headers)))
+                status, headers, body = stub.routes.get(self.path.split("?", 1)[0], (404, {}, b"not found"))
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # keep the test output quiet
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture()
+def http_stub():
+    """Factory: ``http_stub()`` → a running ``StubHttpServer`` (each on its own free port), closed after."""
+    servers: list[StubHttpServer] = []
+
+    def make() -> StubHttpServer:
+        servers.append(StubHttpServer())
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()

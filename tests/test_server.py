@@ -358,7 +358,9 @@ def test_fetch_from_label_studio_with_personal_access_token(chelsea_jpeg):
         return httpx.Response(200, content=jpeg)
 
     pat = _jwt({"token_type": "refresh", "exp": time.time() + 3600})
-    fetcher = ImageFetcher("http://ls.test", pat, transport=httpx.MockTransport(handler))
+    fetcher = ImageFetcher(
+        "http://ls.test", pat, allowed_hosts=["elsewhere.test"], transport=httpx.MockTransport(handler)
+    )
     name = quote(chelsea_jpeg.name)
     image, digest = fetcher.fetch(f"/data/upload/1/abc-{name}")
     assert image.shape == (H, W, 3) and refreshes == [{"refresh": pat}]

@@ -74,6 +74,12 @@ class SamModel:
         self.info = info
         self.device = torch.device(info.device)
         self.transform = ResizeLongestSide(self.network.image_encoder.img_size)
+        # The dense positional encoding depends only on the weights, yet the official predictor
+        # recomputes it on every click (~5-50 ms on 2 busy cores): compute it once, same op, same values.
+        with torch.inference_mode():
+            self._image_pe = self.network.prompt_encoder.get_dense_pe()
+        # Optional ONNX Runtime decoder (label_anything.engine.onnx_decoder.enable_onnx_decoder).
+        self.onnx_decoder = None
 
     # -- encode ------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -144,22 +150,10 @@ class SamModel:
         if prompt.box is not None:
             box = self.transform.apply_boxes(prompt.box.astype(np.float64)[None], original_size)
             boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)
-        masks_in = None
-        if prompt.mask_logits is not None:
-            masks_in = torch.as_tensor(prompt.mask_logits, dtype=torch.float, device=self.device)[None]
-        sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
-        features = self._tensor(embedding, "features")
-        image_pe = net.prompt_encoder.get_dense_pe()
-        if self.arch.hq:
-            low_res, iou = self._decode_hq(embedding, features, image_pe, sparse, dense, multimask, hq_token_only)
+        if self.onnx_decoder is not None and not self.arch.hq:
+            low_res, iou = self._decode_onnx(embedding, points, boxes, prompt, multimask)
         else:
-            low_res, iou = net.mask_decoder(
-                image_embeddings=features,
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+            low_res, iou = self._decode_torch(embedding, points, boxes, prompt, multimask, hq_token_only)
         low_res, iou = low_res[0], iou[0]  # (C, 256, 256), (C,)
         if keep == "best" and len(iou) > 1:
             i = int(torch.argmax(iou))
@@ -170,6 +164,56 @@ class SamModel:
             scores=iou.float().cpu().numpy(),
             low_res_logits=low_res.float().cpu().numpy(),
         )
+
+    def _decode_torch(
+        self,
+        embedding: Embedding,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        prompt: Prompt,
+        multimask: bool,
+        hq_token_only: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official prompt encoder + mask decoder: (1, C, 256, 256) logits, (1, C) scores."""
+        net = self.network
+        masks_in = None
+        if prompt.mask_logits is not None:
+            masks_in = torch.as_tensor(prompt.mask_logits, dtype=torch.float, device=self.device)[None]
+        sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
+        features = self._tensor(embedding, "features")
+        image_pe = self._image_pe
+        if self.arch.hq:
+            low_res, iou = self._decode_hq(embedding, features, image_pe, sparse, dense, multimask, hq_token_only)
+        else:
+            low_res, iou = net.mask_decoder(
+                image_embeddings=features,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        return low_res, iou
+
+    def _decode_onnx(
+        self,
+        embedding: Embedding,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        prompt: Prompt,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same decoder in ONNX Runtime; candidates chosen as ``MaskDecoder.forward`` does."""
+        from label_anything.engine.onnx_decoder import sam_point_inputs
+
+        coords, labels = sam_point_inputs(
+            None if points is None else points[0][0].cpu().numpy(),
+            None if points is None else points[1][0].cpu().numpy(),
+            None if boxes is None else boxes[0].cpu().numpy(),
+        )
+        masks, iou = self.onnx_decoder.run(embedding.arrays["features"], coords, labels, prompt.mask_logits)
+        chosen = slice(1, None) if multimask else slice(0, 1)  # token 0 = single mask, 1..3 = multimask
+        low_res = torch.from_numpy(masks[:, chosen]).to(self.device)
+        return low_res, torch.from_numpy(iou[:, chosen]).to(self.device)
 
     def _decode_hq(
         self,

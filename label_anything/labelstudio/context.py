@@ -19,6 +19,17 @@ from label_anything.errors import LabelAnythingError, PromptError
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
 """Smart region types that become a prompt: clicks and rectangles."""
 
+MAX_POINTS = 200
+"""Most clicks one prompt may hold. SAM's decoder attends over every point token, so its time and memory
+grow with the square of the count: 10,000 points would take the server's memory, while annotators use a
+few dozen at most. More is refused with a ContextError (HTTP 400), not silently truncated."""
+
+MAX_REGIONS = 2 * MAX_POINTS
+"""Most regions a context may hold (points and rectangles of every label), checked before any parsing."""
+
+PERCENT_SLACK = 1e-3
+"""Percent values may overshoot 0..100 by this much (float noise from the browser); they are clamped."""
+
 
 class ContextError(LabelAnythingError, ValueError):
     """An interactive context that cannot be turned into a prompt."""
@@ -96,8 +107,18 @@ def _size(region: dict, key: str) -> int:
     return int(value)
 
 
+def _percent(value: Any, what: str) -> float:
+    """A coordinate in percent of the image: finite, inside 0..100 (clamped within ``PERCENT_SLACK``)."""
+    number = _number(value, what)
+    if not -PERCENT_SLACK <= number <= 100.0 + PERCENT_SLACK:
+        raise ContextError(f"{what} must be a percent of the image (0 to 100), got {value!r}")
+    return min(max(number, 0.0), 100.0)
+
+
 def _label(region: dict, type_: str) -> str:
-    value = region.get("value") or {}
+    value = region.get("value")
+    if not isinstance(value, dict):
+        raise ContextError(f"a {type_} region of the context has no 'value' object")
     labels = value.get(type_) or value.get("labels") or []
     if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
         raise ContextError(f"a {type_} region of the context has no label")
@@ -112,14 +133,19 @@ def parse_context(context: Any) -> Click | None:
     region wins (it is the one just clicked). Returns None for a context with no smart region (the
     user deleted them all): the answer is then an empty result.
 
-    Raises ContextError for anything malformed.
+    Raises ContextError (and only ContextError) for anything malformed: a region that is not a smart
+    keypoint or rectangle, one without a ``value`` object, coordinates that are not finite or outside
+    0–100 percent, a box of zero area, more than ``MAX_POINTS`` points.
     """
     if not isinstance(context, dict):
         raise ContextError("params.context must be an object with a 'result' list")
     regions = context.get("result")
     if not isinstance(regions, list):
         raise ContextError("params.context.result must be a list of regions")
-    regions = [r for r in regions if isinstance(r, dict) and r.get("type") in PROMPT_TYPES]
+    if len(regions) > MAX_REGIONS:
+        raise ContextError(f"the context has {len(regions)} regions; at most {MAX_REGIONS} are accepted")
+    for region in regions:
+        _check_prompt_region(region)
     if not regions:
         return None
     last = regions[-1]
@@ -139,18 +165,21 @@ def parse_context(context: Any) -> Click | None:
         value = region.get("value")
         if not isinstance(value, dict):
             raise ContextError("a context region has no value")
-        x = percent_to_pixels(_number(value.get("x"), "value.x"), width)
-        y = percent_to_pixels(_number(value.get("y"), "value.y"), height)
+        x_percent, y_percent = _percent(value.get("x"), "value.x"), _percent(value.get("y"), "value.y")
+        x, y = percent_to_pixels(x_percent, width), percent_to_pixels(y_percent, height)
         if region["type"] == "keypointlabels":
             points.append((x, y))
             point_labels.append(0 if region.get("is_positive") is False else 1)
         else:
             if _number(value.get("rotation", 0) or 0, "value.rotation") != 0:
                 raise ContextError("a rotated smart rectangle cannot be a prompt; draw it without rotation")
-            w = percent_to_pixels(_number(value.get("width"), "value.width"), width)
-            h = percent_to_pixels(_number(value.get("height"), "value.height"), height)
+            # the far corner must be inside the image too; clamped like the near one
+            x1 = _percent(x_percent + _number(value.get("width"), "value.width"), "value.x + value.width")
+            y1 = _percent(y_percent + _number(value.get("height"), "value.height"), "value.y + value.height")
             # the newest rectangle wins: Label Studio re-sends older ones until they are deleted
-            box = np.array([x, y, x + w, y + h], dtype=np.float32)
+            box = np.array([x, y, percent_to_pixels(x1, width), percent_to_pixels(y1, height)], dtype=np.float32)
+    if len(points) > MAX_POINTS:
+        raise ContextError(f"the context has {len(points)} points; at most {MAX_POINTS} are accepted")
     rotation = region_rotation(last)
     click = Click(
         to_name=to_name,
@@ -168,6 +197,19 @@ def parse_context(context: Any) -> Click | None:
     except PromptError as exc:
         raise ContextError(str(exc)) from None
     return click
+
+
+def _check_prompt_region(region: Any) -> None:
+    """Refuse context items that cannot be a prompt, naming them, rather than ignoring them silently:
+    Label Studio drops error bodies, so the backend's log line is how a user learns why nothing happened."""
+    if not isinstance(region, dict):
+        raise ContextError(f"a context region must be an object, got {type(region).__name__}")
+    type_ = region.get("type")
+    if not isinstance(type_, str) or type_ not in PROMPT_TYPES:
+        raise ContextError(
+            f"context region type {type_!r} cannot be a prompt (smart regions must be one of "
+            f"{', '.join(PROMPT_TYPES)})"
+        )
 
 
 def region_rotation(region: dict) -> float:

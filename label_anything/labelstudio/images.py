@@ -8,8 +8,13 @@
 | ``s3://``, ``gs://``, ``azure-blob://`` ... | Label Studio's ``/tasks/<id>/presign/?fileuri=<b64>``  |
 
 Local paths are confined to the document root: absolute paths, ``..`` and symlinks that lead out of it
-are refused. The API key is never sent to another host (httpx drops ``Authorization`` on a redirect to
-another origin). Decoded images are kept in a small LRU so the clicks after the first do not re-download.
+are refused. Task data is written by whoever can import tasks, so a URL in it is not trusted: the backend
+fetches only from Label Studio's own origin and from hosts on an explicit allow-list
+(``--allow-image-host``); any other URL is refused before a connection is made. Redirects are followed
+by hand, one hop at a time, and every hop is checked the same way, except hops that Label Studio itself
+answered with (its presign endpoint redirects to the storage bucket it was configured with). The API key
+is only ever sent to Label Studio's origin. Decoded images are kept in a small LRU so the clicks after
+the first do not re-download.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,6 +39,9 @@ log = logging.getLogger(__name__)
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 MAX_DOWNLOAD_BYTES = 256 * 2**20
+MAX_REDIRECTS = 5
+ALLOW_HOSTS_OPTION = "--allow-image-host"
+ALLOW_HOSTS_ENV = "LABEL_ANYTHING_ALLOW_IMAGE_HOSTS"
 _REFRESH_MARGIN_S = 30.0
 
 
@@ -95,6 +104,51 @@ class LabelStudioAuth:
         self._expires = float(payload.get("exp", time.time() + 300))
 
 
+def _host_port(url: str) -> tuple[str, int | None]:
+    """(lower-case host, explicit port or None) of a URL; ValueError on a malformed port."""
+    parts = urlsplit(url)
+    return (parts.hostname or "").lower().rstrip("."), parts.port
+
+
+def parse_allowed_hosts(entries: Iterable[str]) -> tuple[str, ...]:
+    """Normalize allow-list entries: ``host``, ``host:port``, ``*.domain`` or a URL (its host[:port]).
+
+    Commas separate several entries in one string (the environment variable's form).
+    """
+    out: list[str] = []
+    for entry in entries:
+        for item in str(entry).split(","):
+            item = item.strip().lower()
+            if not item:
+                continue
+            if "://" in item:
+                host, port = _host_port(item)
+                item = host if port is None else f"{host}:{port}"
+            out.append(item.rstrip("/").rstrip("."))
+    return tuple(dict.fromkeys(out))
+
+
+def host_allowed(url: str, allowed: Iterable[str]) -> bool:
+    """Whether ``url``'s host matches an allow-list entry (``host`` any port, ``host:port``, ``*.domain``)."""
+    try:
+        host, port = _host_port(url)
+    except ValueError:
+        return False
+    if not host:
+        return False
+    for entry in allowed:
+        name, sep, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if sep and entry_port != str(port if port is not None else _default_port(url)):
+            continue
+        if name == host or (name.startswith("*.") and host.endswith(name[1:])):
+            return True
+    return False
+
+
+def _default_port(url: str) -> int:
+    return 443 if urlsplit(url).scheme.lower() == "https" else 80
+
+
 def local_file_path(root: Path, relative: str) -> Path:
     """``root / relative``, refusing anything that leaves ``root``.
 
@@ -125,6 +179,8 @@ class ImageFetcher:
         api_key: ``LABEL_STUDIO_API_KEY`` (personal access token or legacy token).
         local_files_root: ``LOCAL_FILES_DOCUMENT_ROOT`` when Label Studio's files are on this disk.
         max_cache_bytes: budget of decoded pixels kept.
+        max_pixels: refuse images above this many pixels, read from the header before decoding.
+        allowed_hosts: hosts besides Label Studio that image URLs may point at (see ``host_allowed``).
         transport: an httpx transport (tests).
     """
 
@@ -136,6 +192,7 @@ class ImageFetcher:
         *,
         max_cache_bytes: int = 256 * 2**20,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        allowed_hosts: Iterable[str] = (),
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -143,7 +200,9 @@ class ImageFetcher:
         self.local_files_root = Path(local_files_root) if local_files_root else None
         self.max_cache_bytes = max_cache_bytes
         self.max_pixels = max_pixels
-        self.client = httpx.Client(timeout=timeout, follow_redirects=True, transport=transport)
+        self.allowed_hosts = parse_allowed_hosts(allowed_hosts)
+        # redirects are followed by hand in ``_get`` so that every hop is checked against the allow-list
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False, transport=transport)
         self.auth = (
             LabelStudioAuth(self.label_studio_url, api_key, self.client)
             if self.label_studio_url and api_key
@@ -180,9 +239,7 @@ class ImageFetcher:
         if scheme in CLOUD_SCHEMES:
             return self._presigned(ref, task_id)
         if scheme in ("http", "https"):
-            if self.label_studio_url and _same_origin(ref, self.label_studio_url):
-                return self._get(ref, auth=True)
-            return self._get(ref, auth=False)
+            return self._get(ref, auth=self._is_label_studio(ref))
         if scheme:
             raise AccessDeniedError(f"image reference {_short(ref)!r} uses an unsupported scheme {scheme!r}")
         if parts.path.startswith("/data/local-files"):
@@ -215,26 +272,70 @@ class ImageFetcher:
         fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
         return self._get(self._ls_url(f"/tasks/{task_id}/presign/?fileuri={fileuri}"), auth=True)
 
-    def _get(self, url: str, *, auth: bool) -> bytes:
-        headers = {}
-        if auth:
-            if self.auth is None:
-                raise ImageError(
-                    f"fetching {_short(url)!r} needs LABEL_STUDIO_API_KEY (a personal access token)"
-                )
-            headers["Authorization"] = self.auth.header()
+    def _is_label_studio(self, url: str) -> bool:
+        return bool(self.label_studio_url) and _same_origin(url, self.label_studio_url or "")
+
+    def check_url(self, url: str, *, redirected_from: str | None = None) -> None:
+        """Raise AccessDeniedError unless the backend may connect to ``url``: http(s), and Label Studio's
+        origin or an allowed host. Called before every connection, redirects included."""
+        scheme = urlsplit(url).scheme.lower()
+        via = f" (redirected from {_short(redirected_from)})" if redirected_from else ""
+        if scheme not in ("http", "https"):
+            raise AccessDeniedError(f"image URL {_short(url)!r}{via} uses an unsupported scheme {scheme!r}")
+        if self._is_label_studio(url) or host_allowed(url, self.allowed_hosts):
+            return
         try:
-            with self.client.stream("GET", url, headers=headers) as response:
-                if response.status_code != 200:
-                    raise ImageError(f"GET {_short(url)} answered HTTP {response.status_code}")
-                chunks, total = [], 0
-                for chunk in response.iter_bytes():
-                    total += len(chunk)
-                    if total > MAX_DOWNLOAD_BYTES:
-                        raise ImageError(f"{_short(url)} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB")
-                    chunks.append(chunk)
+            host = _host_port(url)[0] or "?"
+        except ValueError:
+            host = "?"
+        raise AccessDeniedError(
+            f"image URL {_short(url)!r}{via} is on host {host!r}, which is neither Label Studio "
+            f"({self.label_studio_url or 'not configured'}) nor an allowed image host; to fetch from it, "
+            f"start the backend with {ALLOW_HOSTS_OPTION} {host} (env {ALLOW_HOSTS_ENV})"
+        )
+
+    def _get(self, url: str, *, auth: bool) -> bytes:
+        """GET ``url``'s body, following up to MAX_REDIRECTS redirects, each hop checked by ``check_url``.
+
+        ``auth``: the first hop must carry Label Studio's credentials (error when none are configured).
+        Credentials go only to Label Studio's origin, whatever the hop.
+        """
+        if auth and self.auth is None:
+            raise ImageError(f"fetching {_short(url)!r} needs LABEL_STUDIO_API_KEY (a personal access token)")
+        previous: str | None = None
+        trusted_redirect = False  # a redirect answered by Label Studio itself (presign → bucket)
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                if not trusted_redirect:
+                    self.check_url(url, redirected_from=previous)
+                headers = {}
+                if self.auth is not None and self._is_label_studio(url):
+                    headers["Authorization"] = self.auth.header()
+                request = self.client.build_request("GET", url, headers=headers)
+                response = self.client.send(request, stream=True)
+                try:
+                    if response.is_redirect and "location" in response.headers:
+                        trusted_redirect = self._is_label_studio(url)
+                        previous, url = url, str(response.next_request.url) if response.next_request else url
+                        continue
+                    return self._body(response, url)
+                finally:
+                    response.close()
         except httpx.HTTPError as exc:
             raise ImageError(f"cannot download {_short(url)} ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"GET {_short(url)} redirected more than {MAX_REDIRECTS} times")
+
+    @staticmethod
+    def _body(response: httpx.Response, url: str) -> bytes:
+        """The body of a final (non-redirect) answer, bounded by MAX_DOWNLOAD_BYTES."""
+        if response.status_code != 200:
+            raise ImageError(f"GET {_short(url)} answered HTTP {response.status_code}")
+        chunks, total = [], 0
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > MAX_DOWNLOAD_BYTES:
+                raise ImageError(f"{_short(url)} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB")
+            chunks.append(chunk)
         return b"".join(chunks)
 
     def _remember(self, ref: str, entry: tuple[np.ndarray, str]) -> None:

@@ -34,9 +34,16 @@ from label_anything.engine import SegmentationModel, decode, encode
 from label_anything.engine.cache import EmbeddingCache, cache_key
 from label_anything.engine.types import Embedding
 from label_anything.errors import ImageError, LabelAnythingError, PromptError
+from label_anything.images import DEFAULT_MAX_PIXELS
 from label_anything.labelstudio.config import LabelConfig, LabelConfigError, parse_label_config
 from label_anything.labelstudio.context import ContextError, parse_context
-from label_anything.labelstudio.images import AccessDeniedError, ImageFetcher
+from label_anything.labelstudio.images import (
+    ALLOW_HOSTS_ENV,
+    ALLOW_HOSTS_OPTION,
+    AccessDeniedError,
+    ImageFetcher,
+    parse_allowed_hosts,
+)
 from label_anything.labelstudio.results import OutputError, OutputOptions, mask_results, output_controls
 from label_anything.labelstudio.state import RefineMemory
 
@@ -93,8 +100,9 @@ class Backend:
     ) -> None:
         self.model = model
         self.fetcher = fetcher
-        self.cache = cache or EmbeddingCache()
-        self.options = options or ServeOptions()
+        # ``is None``, not ``or``: an empty EmbeddingCache is falsy (it has __len__) and must still be used
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.options = options if options is not None else ServeOptions()
         self.model_version = model.info.model_id
         self.refine_memory = RefineMemory()
         self._configs: OrderedDict[str, str] = OrderedDict()  # project id → label config from /setup
@@ -332,10 +340,13 @@ def create_app(backend: Backend) -> Starlette:
 
     async def webhook(request: Request) -> JSONResponse:
         body = await json_body(request)
+        # unauthenticated (Label Studio sends no credentials here): log the event, act on nothing
         action = body.get("action")
         if action == "START_TRAINING":
             log.info("webhook START_TRAINING: this backend does not train; nothing to do")
-        return JSONResponse({"status": "ok", "action": action})
+        else:
+            log.debug("webhook %s: ignored", str(action)[:64])
+        return JSONResponse({"status": "ok", "action": action if isinstance(action, str) else None})
 
     async def versions(request: Request) -> JSONResponse:
         return JSONResponse({"versions": [backend.model_version]})
@@ -371,6 +382,24 @@ def _basic_auth(text: str) -> tuple[str, str]:
     if not sep or not user or not password:
         raise argparse.ArgumentTypeError("--basic-auth is USER:PASSWORD")
     return user, password
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def allowed_image_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """The image host allow-list: ``--allow-image-host`` options, else the environment variable."""
+    entries = args.allow_image_hosts
+    if entries is None:
+        entries = [os.environ.get(ALLOW_HOSTS_ENV, "")]
+    return parse_allowed_hosts(entries)
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -461,6 +490,23 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         help="read /data/local-files/ images from this folder [env LOCAL_FILES_DOCUMENT_ROOT]",
     )
     net.add_argument(
+        ALLOW_HOSTS_OPTION,
+        dest="allow_image_hosts",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="also fetch task image URLs from HOST (host, host:port or *.domain; repeatable). Without it "
+        f"only Label Studio's own URL is fetched from [env {ALLOW_HOSTS_ENV}, comma separated]",
+    )
+    net.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        # a string default goes through ``type`` too: a bad env value is a usage error of ``serve`` only
+        default=env("LABEL_ANYTHING_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)),
+        help="refuse images larger than this many pixels, read from the file header before decoding "
+        "(decompression bombs) [env LABEL_ANYTHING_MAX_IMAGE_PIXELS; default: %(default)s]",
+    )
+    net.add_argument(
         "--embedding-cache-mb",
         type=int,
         default=int(env("LABEL_ANYTHING_EMBEDDING_CACHE_MB", "1024")),
@@ -495,18 +541,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cache = EmbeddingCache(
         max_memory_bytes=args.embedding_cache_mb * 2**20, disk_dir=cache_dir / "embeddings"
     )
-    fetcher = ImageFetcher(args.label_studio_url, args.label_studio_api_key, args.local_files_root)
+    hosts = allowed_image_hosts(args)
+    fetcher = ImageFetcher(
+        args.label_studio_url,
+        args.label_studio_api_key,
+        args.local_files_root,
+        max_pixels=args.max_image_pixels,
+        allowed_hosts=hosts,
+    )
+    # httpx logs every request URL at INFO; presigned URLs carry credentials in their query string
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     backend = Backend(
         model, fetcher, cache, ServeOptions(outputs=outputs, refine=args.refine, basic_auth=basic_auth)
     )
     log.info(
-        "serving %s at http://%s:%d (outputs: %s; refine %s; basic auth %s)",
+        "serving %s at http://%s:%d (outputs: %s; refine %s; basic auth %s; image hosts: Label Studio%s)",
         backend.model_version,
         args.host,
         args.port,
         ", ".join(outputs.types()),
         "on" if args.refine else "off",
         "on" if basic_auth else "off",
+        "".join(f", {h}" for h in hosts),
     )
     uvicorn.run(
         create_app(backend),

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,41 +17,28 @@ from pathlib import Path
 import httpx
 import pytest
 
+from label_anything.labelstudio.project import (
+    LabelStudioClient,
+    LabelStudioError,
+    free_port,
+    label_studio_installed,
+    spawn,
+    start_label_studio,
+    stop_process,
+    wait_http,
+)
+
 LS_USER = "u@example.com"
 LS_PASSWORD = "integration-pass-123"
 LS_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path, **kwargs) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}; log:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2, **kwargs).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s; log:\n{log.read_text()[-4000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)  # its own process group (start_new_session)
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        wait_http(url, proc, timeout, log, **kwargs)
+    except LabelStudioError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 @dataclass
@@ -63,70 +47,36 @@ class LabelStudio:
     token: str
     document_root: Path
     api: httpx.Client
+    client: LabelStudioClient
 
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
     if os.environ.get("LABEL_ANYTHING_TEST_LS_URL"):  # reuse a running one (development)
-        api = httpx.Client(
-            base_url=os.environ["LABEL_ANYTHING_TEST_LS_URL"],
-            timeout=120,
-            headers={"Authorization": f"Token {os.environ['LABEL_ANYTHING_TEST_LS_TOKEN']}"},
-        )
+        client = LabelStudioClient(os.environ["LABEL_ANYTHING_TEST_LS_URL"], os.environ["LABEL_ANYTHING_TEST_LS_TOKEN"])
         yield LabelStudio(
-            url=os.environ["LABEL_ANYTHING_TEST_LS_URL"],
-            token=os.environ["LABEL_ANYTHING_TEST_LS_TOKEN"],
+            url=client.url,
+            token=client.token,
             document_root=Path(os.environ["LABEL_ANYTHING_TEST_LS_DOCROOT"]),
-            api=api,
+            api=client.api,
+            client=client,
         )
         return
-    exe = VENV_BIN / "label-studio"
-    if not exe.exists() and shutil.which("label-studio") is None:
+    if not label_studio_installed() and shutil.which("label-studio") is None:
         pytest.skip("label-studio is not installed (pip install label-studio==1.23.2)")
     base = tmp_path_factory.mktemp("label-studio")
     docroot = tmp_path_factory.mktemp("ls-files")
     port = free_port()
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_BASE_DATA_DIR": str(base),
-        "ML_BLOCK_LOCAL_IP": "false",
-        "SSRF_PROTECTION_ENABLED": "false",
-        "LOCAL_FILES_SERVING_ENABLED": "true",
-        "LOCAL_FILES_DOCUMENT_ROOT": str(docroot),
-        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
-        "ML_TIMEOUT_SETUP": "10",
-    }
     log = base / "label-studio.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(exe) if exe.exists() else "label-studio",
-                "start",
-                "--no-browser",
-                "--port",
-                str(port),
-                "--username",
-                LS_USER,
-                "--password",
-                LS_PASSWORD,
-                "--user-token",
-                LS_TOKEN,
-                "--enable-legacy-api-token",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=base,
-        )
+    proc = start_label_studio(port, base, docroot, LS_USER, LS_PASSWORD, LS_TOKEN, log)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url + "/health", proc, 240, log)
-        api = httpx.Client(base_url=url, headers={"Authorization": f"Token {LS_TOKEN}"}, timeout=120)
-        yield LabelStudio(url=url, token=LS_TOKEN, document_root=docroot, api=api)
-        api.close()
+        client = LabelStudioClient(url, LS_TOKEN)
+        yield LabelStudio(url=url, token=LS_TOKEN, document_root=docroot, api=client.api, client=client)
+        client.close()
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @dataclass
@@ -145,7 +95,6 @@ def start_backend(label_studio: LabelStudio, random_checkpoint, tmp_path_factory
         port = free_port()
         log = cache / f"backend-{port}.log"
         env = {
-            **os.environ,
             "LABEL_STUDIO_URL": label_studio.url,
             "LABEL_STUDIO_API_KEY": label_studio.token,
             "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
@@ -167,8 +116,7 @@ def start_backend(label_studio: LabelStudio, random_checkpoint, tmp_path_factory
             str(port),
             *extra,
         ]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = spawn(cmd, log, env)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         _wait_http(url + "/health", proc, 120, log, auth=auth)
@@ -176,4 +124,4 @@ def start_backend(label_studio: LabelStudio, random_checkpoint, tmp_path_factory
 
     yield start
     for proc in procs:
-        _stop(proc)
+        stop_process(proc)

@@ -68,27 +68,15 @@ def ok(response, status=(200, 201)):
 
 @pytest.fixture(scope="module")
 def project(label_studio, original_label_config, chelsea_jpeg):
-    api = label_studio.api
-    proj = ok(api.post("/api/projects", json={"title": "label-anything it", "label_config": original_label_config}))
-    with open(chelsea_jpeg, "rb") as f:
-        ok(api.post(f"/api/projects/{proj['id']}/import", files={"file": (chelsea_jpeg.name, f, "image/jpeg")}))
+    client = label_studio.client
+    proj = client.create_project("label-anything it", original_label_config)
+    client.import_file(proj["id"], chelsea_jpeg)
     folder = label_studio.document_root / "photos ü"
     folder.mkdir(exist_ok=True)
     shutil.copy(chelsea_jpeg, folder / chelsea_jpeg.name)
-    storage = ok(
-        api.post(
-            "/api/storages/localfiles",
-            json={
-                "project": proj["id"],
-                "path": str(folder),
-                "use_blob_urls": True,
-                "regex_filter": r".*\.jpg",
-                "title": "photos",
-            },
-        )
-    )
-    ok(api.post(f"/api/storages/localfiles/{storage['id']}/sync"))
-    tasks = ok(api.get("/api/tasks", params={"project": proj["id"]}))["tasks"]
+    storage = client.add_local_storage(proj["id"], folder, "photos", regex=r".*\.jpg")
+    client.sync_storage(storage["id"])
+    tasks = client.tasks(proj["id"])
     refs = [t["data"]["image"] for t in tasks]
     assert len(tasks) == 2, refs
     assert any(r.startswith("/data/upload/") for r in refs) and any(r.startswith("/data/local-files/") for r in refs)
@@ -96,12 +84,7 @@ def project(label_studio, original_label_config, chelsea_jpeg):
 
 
 def connect(label_studio, project_id, url, **extra):
-    ml = ok(
-        label_studio.api.post(
-            "/api/ml",
-            json={"url": url, "project": project_id, "is_interactive": True, "title": "label-anything", **extra},
-        )
-    )
+    ml = label_studio.client.add_backend(project_id, url, **extra)
     assert ml.get("readable_state") == "Connected", ml
     return ml
 
@@ -158,7 +141,8 @@ def test_interactive_clicks_through_label_studio(
         creds = ("ls-user", "ls-pass-1")
         extra = ["--basic-auth", "ls-user:ls-pass-1"]
         ml_extra = {"auth_method": "BASIC_AUTH", "basic_auth_user": creds[0], "basic_auth_pass": creds[1]}
-    backend = start_backend("--out-bbox", "--out-poly", "--poly-tolerance", "0", *extra, auth=creds)
+    exact_polygons = ("--poly-tolerance", "0", "--poly-min-area", "0")
+    backend = start_backend("--out-bbox", "--out-poly", *exact_polygons, *extra, auth=creds)
     ml = connect(label_studio, proj["id"], backend.url, **ml_extra)
     image = read_image(chelsea_jpeg)
     for task in tasks:

@@ -1,0 +1,345 @@
+"""Run and provision a local Label Studio: start/stop the server, a small REST client, the label config.
+
+Used by ``label-anything up`` and by the integration tests, so both exercise the same provisioning code.
+The REST calls are the ones seen working on Label Studio 1.23.2 (see docs/label-studio-ml-protocol.md);
+every call authenticates with a legacy token (``Authorization: Token ...``), which is why Label Studio
+is started with ``--enable-legacy-api-token``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from label_anything.errors import LabelAnythingError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+BACKEND_TITLE = "label-anything"
+LABEL_COLORS = ("#e51515", "#412cdd", "#1ea64a", "#f08c00", "#9c36b5", "#0c8599", "#d6336c", "#5c940d")
+
+
+class LabelStudioError(LabelAnythingError):
+    """Label Studio refused a call or could not be started."""
+
+
+# -- label config ------------------------------------------------------------------------------------
+def _xml_attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def label_config(labels: Sequence[str]) -> str:
+    """The original tool's config for ``labels``: smart keypoints, rectangles, polygons and brush.
+
+    Rectangle labels are smart too, so the Auto-Detect toolbar offers a smart rectangle as well as a
+    smart keypoint; the plain rectangle tool stays available.
+    """
+    if not labels:
+        raise LabelAnythingError("give at least one label (--labels cat,person)")
+
+    def block(tag: str, name: str, extra: str) -> str:
+        rows = "".join(
+            f'\n    <Label value="{_xml_attr(label)}" background="{LABEL_COLORS[i % len(LABEL_COLORS)]}"{extra}/>'
+            for i, label in enumerate(labels)
+        )
+        return f'  <{tag} name="{name}" toName="image">{rows}\n  </{tag}>\n'
+
+    return (
+        "<View>\n"
+        '  <Image name="image" value="$image" zoom="true"/>\n'
+        + block("KeyPointLabels", "KeyPointLabels", ' smart="true" showInline="true"')
+        + block("RectangleLabels", "RectangleLabels", ' smart="true"')
+        + block("PolygonLabels", "PolygonLabels", "")
+        + block("BrushLabels", "BrushLabels", "")
+        + "</View>\n"
+    )
+
+
+def image_regex() -> str:
+    """Regex for the local-files storage: the image extensions, any case, any sub-folder."""
+    exts = "|".join(re.escape(e[1:]) for e in IMAGE_EXTENSIONS)
+    return rf"(?i).*\.({exts})$"
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, as the local-files storage of ``up`` finds them."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+# -- processes ---------------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    """True when something listens on ``port`` (either on loopback or on all interfaces)."""
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return True
+    return False
+
+
+def label_studio_installed() -> bool:
+    return importlib.util.find_spec("label_studio") is not None
+
+
+def label_studio_command() -> list[str]:
+    """How to run Label Studio with this Python: its console script next to ``sys.executable`` if there
+    (the same ``label_studio.server:main``), else ``python -m label_studio.server``."""
+    script = Path(sys.executable).parent / "label-studio"
+    if script.exists():
+        return [str(script)]
+    if shutil.which("label-studio") and not label_studio_installed():
+        return ["label-studio"]
+    return [sys.executable, "-m", "label_studio.server"]
+
+
+def label_studio_env(data_dir: Path, document_root: Path) -> dict[str, str]:
+    """Settings a local ML backend and local images need (each default blocks one of them)."""
+    return {
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "ML_BLOCK_LOCAL_IP": "false",  # else http://127.0.0.1:<backend> is refused (403)
+        "SSRF_PROTECTION_ENABLED": "false",  # else the backend's webhook cannot be created
+        "LOCAL_FILES_SERVING_ENABLED": "true",
+        "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
+        "ML_TIMEOUT_SETUP": "10",  # the default 3 s is tight on a busy 2-core machine
+    }
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed ``up`` leaves no server behind (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn(cmd: Sequence[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so stopping it stops its whole process group), output to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            list(cmd),
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=cwd,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+
+def start_label_studio(
+    port: int, data_dir: Path, document_root: Path, username: str, password: str, token: str, log: Path
+) -> subprocess.Popen:
+    """Start Label Studio with the first admin user (created if missing) and legacy API tokens on."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        *label_studio_command(),
+        "start",
+        "--no-browser",
+        "--port",
+        str(port),
+        "--username",
+        username,
+        "--password",
+        password,
+        "--user-token",
+        token,
+        "--enable-legacy-api-token",
+    ]
+    return spawn(cmd, log, label_studio_env(data_dir, document_root), cwd=data_dir)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the process group, wait, then SIGKILL what is left."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        proc.wait(10)
+
+
+def _tail(log: Path | None, chars: int = 3000) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "; log tail:\n" + log.read_text(errors="replace")[-chars:]
+
+
+def wait_http(
+    url: str,
+    proc: subprocess.Popen | None,
+    timeout: float,
+    log: Path | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
+    **kwargs: Any,
+) -> None:
+    """Poll ``url`` until it answers 200; fail early when ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not interrupted():
+        if proc is not None and proc.poll() is not None:
+            raise LabelStudioError(f"{url}: the server exited with code {proc.returncode}{_tail(log)}")
+        try:
+            if httpx.get(url, timeout=2, **kwargs).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    if not interrupted():
+        raise LabelStudioError(f"{url} did not answer within {timeout:.0f} s{_tail(log)}")
+
+
+# -- REST client -------------------------------------------------------------------------------------
+@dataclass
+class LabelStudioClient:
+    """The few Label Studio REST calls a local project needs, with a legacy token."""
+
+    url: str
+    token: str
+    timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        self.api = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Token {self.token}"}, timeout=self.timeout
+        )
+
+    def close(self) -> None:
+        self.api.close()
+
+    def call(self, method: str, path: str, ok: Sequence[int] = (200, 201, 204), **kwargs: Any) -> Any:
+        """One call; a status outside ``ok`` raises ``LabelStudioError`` with Label Studio's message."""
+        response = self.api.request(method, path, **kwargs)
+        if response.status_code not in ok:
+            raise LabelStudioError(f"Label Studio: {method} {path} → {response.status_code}: {response.text[:500]}")
+        return response.json() if response.content else None
+
+    def whoami(self) -> dict:
+        return self.call("GET", "/api/current-user/whoami")
+
+    # projects
+    def project(self, project_id: int) -> dict | None:
+        response = self.api.get(f"/api/projects/{project_id}")
+        return response.json() if response.status_code == 200 else None
+
+    def projects(self) -> list[dict]:
+        answer = self.call("GET", "/api/projects", params={"page_size": 10000})
+        return answer["results"] if isinstance(answer, dict) else answer
+
+    def create_project(self, title: str, config: str) -> dict:
+        return self.call("POST", "/api/projects", json={"title": title, "label_config": config})
+
+    def ensure_project(self, title: str, config: str, project_id: int | None = None) -> tuple[dict, bool]:
+        """The project ``project_id`` (else the first titled ``title``) with ``config``, or a new one.
+
+        Returns (project, created). An existing project gets ``config`` when it differs (new labels).
+        """
+        found = self.project(project_id) if project_id is not None else None
+        if found is None:
+            found = next((p for p in self.projects() if p.get("title") == title), None)
+        if found is None:
+            return self.create_project(title, config), True
+        if found.get("label_config", "").strip() != config.strip():
+            found = self.call("PATCH", f"/api/projects/{found['id']}", json={"label_config": config})
+        return found, False
+
+    def import_file(self, project_id: int, path: Path, content_type: str = "image/jpeg") -> Any:
+        with open(path, "rb") as f:
+            return self.call(
+                "POST", f"/api/projects/{project_id}/import", files={"file": (path.name, f, content_type)}
+            )
+
+    # local files storage
+    def local_storages(self, project_id: int) -> list[dict]:
+        return self.call("GET", "/api/storages/localfiles", params={"project": project_id})
+
+    def add_local_storage(
+        self, project_id: int, folder: Path, title: str, regex: str | None = None, recursive: bool = True
+    ) -> dict:
+        """A local-files storage of ``folder`` (which must lie under Label Studio's document root)."""
+        return self.call(
+            "POST",
+            "/api/storages/localfiles",
+            json={
+                "project": project_id,
+                "path": str(folder),
+                "use_blob_urls": True,  # one task per file, data {"image": "/data/local-files/?d=..."}
+                "regex_filter": regex or image_regex(),  # matched against the file name only
+                "recursive_scan": recursive,
+                "title": title,
+            },
+        )
+
+    def ensure_local_storage(self, project_id: int, folder: Path, title: str) -> dict:
+        """The project's local-files storage for ``folder``, created when missing."""
+        for storage in self.local_storages(project_id):
+            if Path(storage.get("path", "")) == folder:
+                return storage
+        return self.add_local_storage(project_id, folder, title)
+
+    def sync_storage(self, storage_id: int, timeout: float = 300.0) -> dict:
+        """Sync (import new files as tasks) and wait until Label Studio reports it done."""
+        self.call("POST", f"/api/storages/localfiles/{storage_id}/sync")
+        deadline = time.monotonic() + timeout
+        while True:
+            storage = self.call("GET", f"/api/storages/localfiles/{storage_id}")
+            status = storage.get("status")
+            if status in (None, "completed"):
+                return storage
+            if status == "failed":
+                raise LabelStudioError(f"Label Studio could not sync {storage.get('path')}: {storage.get('traceback')}")
+            if time.monotonic() > deadline:
+                raise LabelStudioError(f"syncing {storage.get('path')} took more than {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def tasks(self, project_id: int) -> list[dict]:
+        return self.call("GET", "/api/tasks", params={"project": project_id, "page_size": 100000})["tasks"]
+
+    # ML backends
+    def ml_backends(self, project_id: int) -> list[dict]:
+        return self.call("GET", "/api/ml", params={"project": project_id})
+
+    def add_backend(self, project_id: int, url: str, title: str = BACKEND_TITLE, **extra: Any) -> dict:
+        """Add ``url`` as an interactive backend; Label Studio calls /health and /setup while saving."""
+        body = {"url": url, "project": project_id, "is_interactive": True, "title": title, **extra}
+        return self.call("POST", "/api/ml", json=body)
+
+    def connect_backend(self, project_id: int, url: str, title: str = BACKEND_TITLE) -> dict:
+        """Make ``url`` the project's interactive backend (replacing an earlier ``title`` one, whose port may
+        have changed) and check that Label Studio reaches it."""
+        for ml in self.ml_backends(project_id):
+            if ml.get("title") == title or ml.get("url") == url:
+                self.call("DELETE", f"/api/ml/{ml['id']}")
+        ml = self.add_backend(project_id, url, title)
+        if ml.get("readable_state") != "Connected":
+            raise LabelStudioError(
+                f"Label Studio cannot reach the backend at {url} (state {ml.get('readable_state')!r}); "
+                "see the backend log"
+            )
+        return ml

@@ -1,0 +1,288 @@
+"""``label-anything up``: one command instead of the original tool's fifteen manual steps.
+
+Starts Label Studio and ``label-anything serve`` as child processes of this one, provisions the project
+(user, label config, local-files storage of the images, interactive backend) through the REST API and
+stays in the foreground until Ctrl+C (or SIGTERM), which stops both servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from label_anything.errors import LabelAnythingError
+from label_anything.labelstudio.project import (
+    LabelStudioClient,
+    LabelStudioError,
+    find_images,
+    label_config,
+    label_studio_installed,
+    port_in_use,
+    spawn,
+    start_label_studio,
+    stop_process,
+    wait_http,
+)
+
+log = logging.getLogger("label_anything.up")
+
+DEMO_IMAGES = ("chelsea", "coffee", "astronaut", "rocket")
+DEMO_LABELS = "cat,person,cup,rocket"
+LABEL_STUDIO_START_TIMEOUT = 300.0  # about 40 s on 2 cores, minutes on a first start (database migrations)
+BACKEND_START_TIMEOUT = 180.0
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "label-anything"
+
+
+def add_up_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``label-anything up``."""
+    from label_anything.cli import add_model_arguments
+
+    env = os.environ.get
+    p = subparsers.add_parser(
+        "up",
+        help="start Label Studio + the SAM backend on a folder of images, ready to label (one command)",
+        description="Start Label Studio and the backend, create (or reuse) a project for the folder with a "
+        "label config for the labels, import the images, connect the backend as interactive, and print "
+        "the URL. Run it again on the same folder to pick up new images. Ctrl+C stops both servers.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, help="folder of images to label (searched recursively)")
+    src.add_argument("--demo", action="store_true", help="label scikit-image demo photos (written on first use)")
+    p.add_argument("--labels", default=None, metavar="A,B,...",
+                   help=f"label names (default: object; with --demo {DEMO_LABELS})")
+    p.add_argument("--port", type=int, default=int(env("LABEL_STUDIO_PORT", "8080")),
+                   help="Label Studio's port [env LABEL_STUDIO_PORT; default: %(default)s]")
+    p.add_argument("--backend-port", type=int, default=int(env("LABEL_ANYTHING_PORT", "8003")),
+                   help="the backend's port [env LABEL_ANYTHING_PORT; default: %(default)s]")
+    p.add_argument("--data-dir", type=Path, default=env("LABEL_ANYTHING_DATA_DIR"),
+                   help="Label Studio's database, the login and the logs [env LABEL_ANYTHING_DATA_DIR; "
+                        "default: ~/.local/share/label-anything]")
+    p.add_argument("--username", default=env("LABEL_STUDIO_USERNAME"),
+                   help="admin e-mail [env LABEL_STUDIO_USERNAME; default: generated on first run, remembered]")
+    p.add_argument("--password", default=env("LABEL_STUDIO_PASSWORD"),
+                   help="admin password [env LABEL_STUDIO_PASSWORD; default: generated, remembered]")
+    p.add_argument("--user-token", default=env("LABEL_STUDIO_USER_TOKEN"),
+                   help="admin API token (Authorization: Token ...) [env LABEL_STUDIO_USER_TOKEN; default: "
+                        "generated, remembered]")
+    p.add_argument("--out-poly", action=argparse.BooleanOptionalAction, default=False,
+                   help="also suggest polygons (default: mask and box)")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_up)
+    return p
+
+
+# -- pieces ------------------------------------------------------------------------------------------
+@dataclass
+class Credentials:
+    username: str
+    password: str
+    token: str
+
+
+def load_credentials(data_dir: Path, username: str | None, password: str | None, token: str | None) -> Credentials:
+    """Given values win; the rest come from ``credentials.json`` in the data dir, else are generated.
+
+    Saved back (mode 0600) so a rerun logs in with the same user: Label Studio creates the user only
+    once and keeps the first token.
+    """
+    path = data_dir / "credentials.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    creds = Credentials(
+        username=username or saved.get("username") or "admin@example.com",
+        password=password or saved.get("password") or secrets.token_urlsafe(12),
+        token=token or saved.get("token") or secrets.token_hex(20),
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(creds.__dict__, indent=1))
+    path.chmod(0o600)
+    return creds
+
+
+def write_demo_images(folder: Path) -> Path:
+    """scikit-image's sample photos as JPEGs (written once)."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise LabelAnythingError("--demo needs scikit-image: pip install scikit-image") from None
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_IMAGES:
+        path = folder / f"{name}.jpg"
+        if not path.exists():
+            Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path, quality=92)
+    return folder
+
+
+def _remembered_project(data_dir: Path, folder: Path) -> int | None:
+    path = data_dir / "projects.json"
+    return json.loads(path.read_text()).get(str(folder)) if path.exists() else None
+
+
+def _remember_project(data_dir: Path, folder: Path, project_id: int) -> None:
+    path = data_dir / "projects.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[str(folder)] = project_id
+    path.write_text(json.dumps(known, indent=1))
+
+
+def _check_ports(args: argparse.Namespace) -> None:
+    if args.port == args.backend_port:
+        raise LabelAnythingError(f"--port and --backend-port are both {args.port}: give them different values")
+    for port, flag in ((args.port, "--port"), (args.backend_port, "--backend-port")):
+        if port_in_use(port):
+            raise LabelAnythingError(
+                f"port {port} is in use (another Label Studio or `label-anything up`?): stop it or pass {flag} N"
+            )
+
+
+def _backend_command(args: argparse.Namespace) -> list[str]:
+    """``label-anything serve`` with this Python and the model options given to ``up``."""
+    cmd = [sys.executable, "-m", "label_anything", "--log-level", "INFO", "serve",
+           "--host", "127.0.0.1", "--port", str(args.backend_port),
+           "--model-name", args.model_name, "--device", args.device, "--out-mask", "--out-bbox",
+           "--out-poly" if args.out_poly else "--no-out-poly"]
+    for flag, value in (("--sam-config", args.sam_config), ("--checkpoint", args.checkpoint),
+                        ("--cache-dir", args.cache_dir)):
+        if value:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag instead of raising, so start-up and shutdown are never cut in half."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.event.set()
+
+    def install(self) -> dict[int, object]:
+        return {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+# -- the command -------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    if not label_studio_installed():
+        raise LabelAnythingError("Label Studio is not installed: pip install 'label-anything[labelstudio]'")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
+    data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    if args.demo:
+        # its own parent folder: Label Studio serves everything under the document root
+        folder = write_demo_images(data_dir / "demo" / "images")
+    else:
+        folder = args.images.expanduser().resolve()
+        if not folder.is_dir():
+            raise LabelAnythingError(f"{args.images} is not a folder: pass --images DIR with your images")
+    if folder.parent == folder:
+        raise LabelAnythingError("the images folder cannot be the file system root: use a sub-folder")
+    images = find_images(folder)
+    if not images:
+        raise LabelAnythingError(
+            f"no images in {folder} (looked for {', '.join(('.jpg', '.png', '.webp', '...'))}): "
+            "put images there or pass another --images DIR"
+        )
+    labels = [s.strip() for s in (args.labels or (DEMO_LABELS if args.demo else "object")).split(",") if s.strip()]
+    config = label_config(labels)
+    _check_ports(args)
+    creds = load_credentials(data_dir, args.username, args.password, args.user_token)
+
+    stop = _Stop()
+    previous = stop.install()
+    procs: list[subprocess.Popen] = []
+    logs = data_dir / "logs"
+    started = time.monotonic()
+    try:
+        ls_url = f"http://localhost:{args.port}"
+        # Local files must be *under* the document root, never the root itself: root at the parent.
+        ls_log = logs / "label-studio.log"
+        print(f"starting Label Studio on {ls_url} (log: {ls_log}) ...", flush=True)
+        ls = start_label_studio(args.port, data_dir / "label-studio", folder.parent, creds.username,
+                                creds.password, creds.token, ls_log)
+        procs.append(ls)
+        backend_url = f"http://127.0.0.1:{args.backend_port}"
+        backend_log = logs / "backend.log"
+        print(f"starting the backend on {backend_url} (log: {backend_log}) ...", flush=True)
+        backend = spawn(_backend_command(args), backend_log, {
+            "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": creds.token,
+            "LOCAL_FILES_DOCUMENT_ROOT": str(folder.parent)})
+        procs.append(backend)
+
+        wait_http(backend_url + "/health", backend, BACKEND_START_TIMEOUT, backend_log, stop.event.is_set)
+        wait_http(ls_url + "/health", ls, LABEL_STUDIO_START_TIMEOUT, ls_log, stop.event.is_set)
+        if stop.event.is_set():
+            return _shutdown(procs)
+        model_version = httpx.get(backend_url + "/health", timeout=5).json().get("model_version", "?")
+        project_id, n_tasks = provision(ls_url, creds, folder, config, backend_url, data_dir)
+        if "classical" in model_version.lower():
+            print("no SAM checkpoint given or cached: using the weight-free `classical` engine (GrabCut); for "
+                  "SAM run `label-anything download mobile_sam` or pass --model-name/--checkpoint", flush=True)
+        print(f"ready in {time.monotonic() - started:.0f} s: {ls_url}/projects/{project_id}/data "
+              f"({n_tasks} tasks, labels {', '.join(labels)}, backend {model_version} connected)", flush=True)
+        print(f"log in as {creds.username} with password {creds.password} (saved in {data_dir / 'credentials.json'})"
+              "\nin a task: switch Auto-Annotation on, pick Auto-Detect → smart keypoint or rectangle, a label, "
+              "click the object.\nCtrl+C stops both servers.", flush=True)
+        while not stop.event.wait(1.0):
+            for proc, name, plog in ((ls, "Label Studio", ls_log), (backend, "the backend", backend_log)):
+                if proc.poll() is not None:
+                    _shutdown(procs)
+                    raise LabelAnythingError(f"{name} exited with code {proc.returncode}; see {plog}")
+        return _shutdown(procs)
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _shutdown(procs: list[subprocess.Popen]) -> int:
+    print("stopping Label Studio and the backend ...", flush=True)
+    for proc in reversed(procs):
+        stop_process(proc)
+    print("stopped", flush=True)
+    return 0
+
+
+def provision(ls_url: str, creds: Credentials, folder: Path, config: str, backend_url: str,
+              data_dir: Path) -> tuple[int, int]:
+    """Project for ``folder`` (reused), its local-files storage synced, the backend connected.
+
+    Returns (project id, number of tasks).
+    """
+    client = LabelStudioClient(ls_url, creds.token)
+    try:
+        try:
+            client.whoami()
+        except LabelStudioError:
+            raise LabelAnythingError(
+                f"Label Studio refused the saved API token for {creds.username}: the data dir holds another "
+                "user's database; pass --user-token (see the user's Account & Settings) or another --data-dir"
+            ) from None
+        project, created = client.ensure_project(folder.name, config, _remembered_project(data_dir, folder))
+        _remember_project(data_dir, folder, project["id"])
+        storage = client.ensure_local_storage(project["id"], folder, folder.name)
+        client.sync_storage(storage["id"])
+        n_tasks = len(client.tasks(project["id"]))
+        ml = client.connect_backend(project["id"], backend_url)
+        log.info("project %s %s; backend %s %s", project["id"], "created" if created else "reused", ml["id"],
+                 ml.get("readable_state"))
+        return project["id"], n_tasks
+    finally:
+        client.close()

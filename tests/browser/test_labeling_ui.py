@@ -1,0 +1,117 @@
+"""The whole flow in the real Label Studio UI: ``up`` → log in → smart click/box on the cat → accept →
+submit → export through the API → ``label-anything convert --to coco-rle`` → one ``cat`` mask on the cat.
+
+Uses the ``classical`` engine: it segments real objects without weights, so "on the cat" is checkable
+(a random-weight SAM gives meaningless masks).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+W, H = 451, 300
+# Where Chelsea's face is in skimage.data.chelsea() (measured): the mask must lie there, not in the
+# blurred background strip on the right.
+CAT_FACE = (130, 30, 380, 300)  # x0, y0, x1, y1 pixels
+CLICK = (270, 150)  # between the eyes
+BOX = (140, 30, 370, 290)
+
+
+def _canvas_box(page) -> dict:
+    """Bounding box of the image canvas: the largest canvas (the img elements include thumbnails)."""
+    boxes = [c.bounding_box() for c in page.locator("canvas").all()]
+    return max((b for b in boxes if b), key=lambda b: b["width"] * b["height"])
+
+
+def _to_page(box: dict, x: float, y: float) -> tuple[float, float]:
+    return box["x"] + x * box["width"] / W, box["y"] + y * box["height"] / H
+
+
+def _annotations(session, task_id: int, timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = session.client.call("GET", f"/api/tasks/{task_id}/annotations")
+        if found:
+            return found
+        time.sleep(0.5)
+    return []
+
+
+@pytest.mark.parametrize("tool", ["keypoint", "rectangle"])
+def test_smart_tool_to_coco(session, page, tool, tmp_path):
+    image_name = f"chelsea-{tool}.jpg"
+    (task,) = [t for t in session.client.tasks(session.project_id) if t["data"]["image"].endswith(image_name)]
+    page.goto(f"{session.url}/projects/{session.project_id}/data?task={task['id']}")
+    page.get_by_text("Auto-Annotation").wait_for()
+    page.wait_for_timeout(3000)  # the editor finishes loading the image
+    page.get_by_text("Auto-Annotation").click()
+    page.get_by_role("button").filter(has_text="Auto-Detect").first.click()
+    aria = "key-point-tool" if tool == "keypoint" else "rectangle-tool"
+    page.locator(f"button.lsf-tool_smart[aria-label='{aria}']").click()
+    # label chips come in rows, one per control: KeyPointLabels first, RectangleLabels second
+    page.get_by_text("cat", exact=True).nth(0 if tool == "keypoint" else 1).click()
+    box = _canvas_box(page)
+    with page.expect_request(lambda r: "interactive-annotating" in r.url) as request:
+        if tool == "keypoint":
+            page.mouse.click(*_to_page(box, *CLICK))
+        else:
+            page.mouse.move(*_to_page(box, BOX[0], BOX[1]))
+            page.mouse.down()
+            page.mouse.move(*_to_page(box, BOX[2], BOX[3]), steps=10)
+            page.mouse.up()
+    sent = request.value.post_data_json["context"]["result"]
+    assert [r["type"] for r in sent] == [f"{aria.split('-tool')[0].replace('-', '')}labels"]
+    page.locator(".lsf-auto-accept__info").wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"browser-{tool}-suggestion.png"))
+    page.locator("button.lsf-auto-accept__action_type_accept").click()
+    page.get_by_role("button", name="Submit").click()
+    (annotation,) = _annotations(session, task["id"])
+    page.screenshot(path=str(ARTIFACTS / f"browser-{tool}-submitted.png"))
+    assert "brushlabels" in {r["type"] for r in annotation["result"]}
+
+    export = session.client.call("GET", f"/api/projects/{session.project_id}/export", params={"exportType": "JSON"})
+    export_file = tmp_path / "export.json"
+    export_file.write_text(json.dumps([t for t in export if t["id"] == task["id"]]))
+    out = tmp_path / "coco"
+    done = subprocess.run(
+        [sys.executable, "-m", "label_anything", "convert", str(export_file), "--to", "coco-rle", "--out", str(out),
+         "--images-root", str(session.images), "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    check_coco(out, tool)
+
+
+def check_coco(out: Path, tool: str) -> None:
+    """One ``cat`` annotation whose RLE mask lies on Chelsea's face."""
+    from pycocotools import mask as mask_utils
+
+    (coco_file,) = [p for p in out.rglob("*.json") if "annotations" in json.loads(p.read_text())]
+    coco = json.loads(coco_file.read_text())
+    (ARTIFACTS / f"browser-{tool}-coco.json").write_text(json.dumps(coco))
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    # the accepted box region also becomes a box-only annotation (empty segmentation): not a mask
+    (ann,) = [a for a in coco["annotations"] if a["segmentation"]]
+    assert cats[ann["category_id"]] == "cat"
+    segmentation = ann["segmentation"]
+    if isinstance(segmentation["counts"], str):
+        segmentation = {**segmentation, "counts": segmentation["counts"].encode()}
+    mask = mask_utils.decode(segmentation).astype(bool)
+    assert mask.shape == (H, W)
+    ys, xs = np.nonzero(mask)
+    assert len(xs) >= 50, "the mask is (nearly) empty"
+    x0, y0, x1, y1 = CAT_FACE
+    inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    assert inside.mean() >= 0.95, f"only {inside.mean():.0%} of the mask is on the cat's face"
+    assert xs.mean() > W * 0.4, "the mask is not on the cat side of the image"

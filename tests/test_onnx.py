@@ -1,0 +1,73 @@
+"""The ONNX Runtime decoder gives the PyTorch decoder's masks (IoU >= 0.999) on the same embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from label_anything.engine import Prompt, decode, encode, load_model
+from label_anything.engine.onnx_decoder import (
+    choose_decoder,
+    disable_onnx_decoder,
+    enable_onnx_decoder,
+    onnx_cache_path,
+)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@pytest.fixture(scope="module")
+def model(random_checkpoint, tmp_path_factory):
+    """A MobileSAM of its own (the session's shared model must keep the PyTorch decoder)."""
+    m = load_model("mobile_sam", "vit_t", random_checkpoint("mobile_sam", "vit_t"), device="cpu")
+    m.cache_dir = tmp_path_factory.mktemp("onnx-cache")
+    return m
+
+
+def test_onnx_masks_equal_torch_masks(model, chelsea):
+    h, w = chelsea.shape[:2]
+    embedding = encode(model, chelsea)
+    box = (w * 0.2, h * 0.15, w * 0.75, h * 0.8)
+    prompts = {
+        "click": Prompt.from_lists([(w * 0.5, h * 0.45)]),
+        "click+negative": Prompt.from_lists([(w * 0.5, h * 0.45), (w * 0.3, h * 0.3)], [1, 0]),
+        "box": Prompt.from_lists(box=box),
+        "box+points": Prompt.from_lists([(w * 0.5, h * 0.45), (w * 0.25, h * 0.2)], [1, 0], box=box),
+    }
+    assert enable_onnx_decoder(model, model.cache_dir)
+    assert onnx_cache_path(model.info.model_id, model.cache_dir).is_file()  # exported once, on disk
+    try:
+        for name, prompt in prompts.items():
+            for keep in ("best", "all"):
+                disable_onnx_decoder(model)
+                ref = decode(model, embedding, prompt, keep=keep)
+                enable_onnx_decoder(model, model.cache_dir)
+                got = decode(model, embedding, prompt, keep=keep)
+                assert got.masks.shape == ref.masks.shape, name
+                for a, b in zip(got.masks, ref.masks, strict=True):
+                    assert iou(a, b) >= 0.999, name
+                np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4, err_msg=name)
+        # refinement: the previous answer's logits as the mask prompt
+        logits = decode(model, embedding, prompts["click"]).best()[2]
+        refine = Prompt.from_lists([(w * 0.5, h * 0.45), (w * 0.6, h * 0.6)], [1, 1], mask_logits=logits)
+        got = decode(model, embedding, refine).masks[0]
+        disable_onnx_decoder(model)
+        ref = decode(model, embedding, refine).masks[0]
+        assert iou(got, ref) >= 0.999
+    finally:
+        disable_onnx_decoder(model)
+
+
+def test_choose_decoder(model):
+    assert choose_decoder(model, "torch", model.cache_dir) == "torch" and model.onnx_decoder is None
+    assert choose_decoder(model, "onnx", model.cache_dir) == "onnx" and model.onnx_decoder is not None
+    assert choose_decoder(model, "auto", model.cache_dir, trials=2) in ("torch", "onnx")
+    disable_onnx_decoder(model)
+    with pytest.raises(ValueError):
+        choose_decoder(model, "tensorrt")
