@@ -39,6 +39,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "(see `label-anything download`) [env LABEL_ANYTHING_CHECKPOINT]")
     g.add_argument("--device", default=_env("LABEL_ANYTHING_DEVICE", "auto"),
                    help="auto, cpu, cuda, cuda:N or mps [env LABEL_ANYTHING_DEVICE; default: %(default)s]")
+    g.add_argument("--decoder", choices=["torch", "onnx", "auto"], default=_env("LABEL_ANYTHING_DECODER", "torch"),
+                   help="mask decoder runtime on CPU: torch, onnx (ONNX Runtime, faster clicks; needs the [onnx] "
+                        "extra) or auto (time both at start-up, keep the faster) [env LABEL_ANYTHING_DECODER; "
+                        "default: %(default)s]")
     g.add_argument("--cache-dir", type=Path, default=_env("LABEL_ANYTHING_CACHE"),
                    help="where checkpoints and embeddings are kept [env LABEL_ANYTHING_CACHE; "
                         "default: ~/.cache/label-anything]")
@@ -49,7 +53,7 @@ def load_model_from_args(args: argparse.Namespace):
     from label_anything.engine import load_model
 
     model = load_model(args.model_name, args.sam_config, args.checkpoint, device=args.device,
-                       cache_dir=args.cache_dir)
+                       cache_dir=args.cache_dir, decoder=getattr(args, "decoder", "torch"))
     if args.model_name == "auto" and model.info.name == "classical":
         log.warning("no SAM checkpoint in the cache: using the weight-free classical engine (GrabCut); for "
                     "real SAM masks run `label-anything download mobile_sam` or pass --model-name and --checkpoint")

@@ -75,3 +75,17 @@ def test_help_and_models(tmp_path):
     assert "segment" in run("--help", env_cache=tmp_path).stdout
     listing = run("models", env_cache=tmp_path).stdout
     assert "sam_vit_b" in listing and "mobile_sam" in listing and "classical" in listing
+
+
+def test_segment_onnx_decoder_gives_the_torch_mask(photo, random_checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    ckpt = random_checkpoint("mobile_sam", "vit_t")
+    masks = {}
+    for decoder in ("torch", "onnx"):
+        out = tmp_path / f"{decoder}.png"
+        run("segment", str(photo), "--model", "mobile_sam", "--checkpoint", str(ckpt), "--point", "260,140",
+            "--decoder", decoder, "--out", str(out), env_cache=tmp_path)
+        masks[decoder] = np.asarray(Image.open(out)) > 0
+    assert list((tmp_path / "onnx").glob("*.onnx"))  # the exported decoder is cached
+    a, b = masks["torch"], masks["onnx"]
+    assert a.any() and (a & b).sum() / (a | b).sum() >= 0.999

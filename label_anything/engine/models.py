@@ -141,8 +141,13 @@ def load_model(
     *,
     device: str = "auto",
     cache_dir: Path | None = None,
+    decoder: str = "torch",
 ) -> SegmentationModel:
     """Build the architecture from the official package and load the checkpoint into it.
+
+    ``decoder``: "torch" (default), "onnx" (ONNX Runtime on CPU: faster clicks, masks equal within IoU
+    0.999; needs the ``[onnx]`` extra) or "auto" (times both at load and keeps the faster). HQ-SAM and
+    GPUs always use PyTorch.
 
     Raises ``CheckpointError`` with one clear sentence for a missing, corrupt or unsafe file, and for
     a checkpoint of another architecture (its tensors do not fit).
@@ -169,7 +174,12 @@ def load_model(
         checkpoint=str(choice.checkpoint),
     )
     log.info("loaded %s %s from %s on %s", choice.name, choice.config, choice.checkpoint, device)
-    return SamModel(network, arch, info)
+    model = SamModel(network, arch, info)
+    if decoder != "torch":
+        from label_anything.engine.onnx_decoder import choose_decoder
+
+        choose_decoder(model, decoder, cache_dir)
+    return model
 
 
 def _load_into(network, state: dict, choice: ModelChoice) -> None:
