@@ -288,7 +288,14 @@ def polygon_part_to_polygon(part: PolygonPart) -> np.ndarray:
     return ring
 
 
-def mask_to_polygons(mask: np.ndarray, *, tolerance: float = 1.0, min_area: float = 0.0) -> list[np.ndarray]:
+def mask_to_polygons(
+    mask: np.ndarray,
+    *,
+    tolerance: float = 1.0,
+    min_area: float = 0.0,
+    max_parts: int | None = None,
+    max_holes: int | None = None,
+) -> list[np.ndarray]:
     """One polygon per connected part of a mask, holes spliced in, tracing pixel edges.
 
     The list is what a COCO polygon segmentation holds (see ``polygons_to_coco``): rasterized with
@@ -299,6 +306,10 @@ def mask_to_polygons(mask: np.ndarray, *, tolerance: float = 1.0, min_area: floa
         mask: (H, W) bool, or any dtype where non-zero means painted.
         tolerance: Douglas-Peucker tolerance in pixels; 0 keeps every corner.
         min_area: drop parts, and fill holes, that enclose fewer pixels than this.
+        max_parts: keep only this many parts, the largest; None keeps all.
+        max_holes: keep only this many holes per part, the largest (the others are filled); None keeps
+            all. Splicing holes costs time that grows with the square of their number: a noisy mask
+            with thousands of pinholes takes seconds without a cap, milliseconds with one.
 
     Returns:
         List of (K, 2) float64 xy in pixel-edge coordinates, one per kept part.
@@ -310,6 +321,16 @@ def mask_to_polygons(mask: np.ndarray, *, tolerance: float = 1.0, min_area: floa
     [[[5.0, 0.0], [8.0, 0.0], [8.0, 4.0], [5.0, 4.0]], [[1.0, 1.0], [3.0, 1.0], [3.0, 3.0], [1.0, 3.0]]]
     """
     parts = mask_to_polygon_parts(mask, tolerance=tolerance, min_area=min_area)
+    if max_parts is not None and len(parts) > max_parts:
+        largest = sorted(range(len(parts)), key=lambda i: -abs(_signed_area(parts[i].outer)))[:max_parts]
+        parts = [parts[i] for i in sorted(largest)]  # keep reading order
+    if max_holes is not None:
+        parts = [
+            PolygonPart(p.outer, tuple(sorted(p.holes, key=lambda h: -abs(_signed_area(h)))[:max_holes]))
+            if len(p.holes) > max_holes
+            else p
+            for p in parts
+        ]
     return [polygon_part_to_polygon(part) for part in parts]
 
 

@@ -278,3 +278,26 @@ def test_polygons_to_coco_lists() -> None:
 
 def test_docstring_examples_run() -> None:
     assert doctest.testmod(masks).failed == 0
+
+
+def test_caps_on_parts_and_holes_keep_the_largest() -> None:
+    rng = np.random.default_rng(3)
+    m = np.zeros((200, 300), dtype=bool)
+    m[20:180, 20:280] = True
+    m &= ~(rng.random(m.shape) < 0.01)  # hundreds of pinholes
+    m[190:193, 5:8] = True  # a small separate part
+    m[185:199, 285:299] = True  # a larger separate part
+    everything = mask_to_polygons(m, tolerance=0)
+    capped = mask_to_polygons(m, tolerance=0, max_parts=2, max_holes=5)
+    assert len(everything) == 3 and len(capped) == 2
+    back = polygons_to_mask(capped, 200, 300)
+    assert not back[190:193, 5:8].any() and back[185:199, 285:299].all()
+    # the big part comes back with at most 5 holes: the rest are filled
+    def holes(mask: np.ndarray) -> int:
+        """Unpainted 4-connected areas inside the big part, not touching its border."""
+        n, labels = cv2.connectedComponents((~mask[20:180, 20:280]).astype(np.uint8), connectivity=4)
+        edge = set(labels[0]) | set(labels[-1]) | set(labels[:, 0]) | set(labels[:, -1])
+        return len(set(range(1, n)) - edge)
+
+    assert holes(polygons_to_mask(everything, 200, 300)) > 100
+    assert holes(back) == 5

@@ -18,6 +18,11 @@ from label_anything.labelstudio.config import LabelConfig
 from label_anything.labelstudio.context import Click, pixels_to_percent
 from label_anything.labelstudio.rle import brush_rle_encode
 
+# A click answers in milliseconds: a noisy mask (thousands of specks or pinholes) must not cost seconds of
+# polygon splicing or flood the labeling screen. The brush region always carries the exact mask.
+MAX_POLYGON_PARTS = 50
+MAX_POLYGON_HOLES = 32
+
 
 class OutputError(LabelAnythingError):
     """No output control can carry the answer (missing control, or the label is not in it)."""
@@ -123,7 +128,11 @@ def mask_results(
         results.append(_region(click, controls["rectanglelabels"], "rectanglelabels", value, score))
     if "polygonlabels" in controls:
         polygons = masks.mask_to_polygons(
-            mask, tolerance=options.poly_tolerance, min_area=options.poly_min_area
+            mask,
+            tolerance=options.poly_tolerance,
+            min_area=options.poly_min_area,
+            max_parts=MAX_POLYGON_PARTS,
+            max_holes=MAX_POLYGON_HOLES,
         )
         for polygon in polygons:
             points = [
