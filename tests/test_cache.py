@@ -116,3 +116,28 @@ def test_two_writers_never_corrupt(tmp_path):
     for t in threads:
         t.join()
     assert embedding_from_bytes((tmp_path / (key + ".npz")).read_bytes()).image_digest == "img3"
+
+
+def test_two_processes_writing_one_entry_never_corrupt_it(tmp_path):
+    """Several backend processes share one cache folder: racing writers each rename a whole file."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from label_anything.engine.cache import EmbeddingCache\n"
+        "from label_anything.engine.types import Embedding\n"
+        "e = Embedding('m-x-1', 'img3', (30, 40), (768, 1024), {'features': np.ones(500_000, np.float32)})\n"
+        "c = EmbeddingCache(disk_dir=sys.argv[1])\n"
+        "for _ in range(20): c.put('m-x-1/img3', e)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)]) for _ in range(3)]
+    reader = EmbeddingCache(disk_dir=tmp_path)
+    while any(p.poll() is None for p in procs):
+        reader.clear_memory()
+        got = reader.get("m-x-1/img3")  # a damaged file would be logged and deleted, and return None
+        if got is not None:
+            assert got.arrays["features"].shape == (500_000,)
+    assert all(p.wait(60) == 0 for p in procs)
+    final = embedding_from_bytes((tmp_path / "m-x-1" / "img3.npz").read_bytes())
+    assert final.image_digest == "img3" and not list(tmp_path.glob("*/.tmp-*"))

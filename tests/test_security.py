@@ -271,3 +271,57 @@ def test_api_key_and_auth_never_reach_the_log(make_backend, http_stub, original_
     logged = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
     assert "denied.png answered HTTP 401" in logged  # the failing path did log
     assert key not in logged
+
+
+def _pat() -> str:
+    """A personal access token as Label Studio issues it: a JWT whose payload says token_type refresh."""
+    import base64
+
+    def b64(d: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    return f"{b64({'alg': 'HS256'})}.{b64({'token_type': 'refresh', 'exp': 4102444800})}.sig"
+
+
+def test_label_studio_down_then_back_and_token_refused_mid_session(
+    make_backend, http_stub, original_label_config, caplog
+):
+    """Faults between the backend and Label Studio: each click fails with a clear message, and the next
+    one succeeds once Label Studio is back, or once a refused access token has been refreshed."""
+    ls = http_stub()
+    ls.routes["/api/token/refresh/"] = (200, {"Content-Type": "application/json"},
+                                        json.dumps({"access": "access-1"}).encode())
+    ls.routes["/data/upload/1/cat.png"] = (503, {}, b"starting")
+    client = make_backend(label_studio_url=ls.url, api_key=_pat())
+    request = body("/data/upload/1/cat.png", [kp(30, 20)], original_label_config)
+    down = client.post("/predict", json=request)
+    assert 400 <= down.status_code < 600 and "503" in down.json()["error"]
+    ls.routes["/data/upload/1/cat.png"] = (200, {"Content-Type": "image/png"}, png_bytes())
+    back = client.post("/predict", json=request)
+    assert back.status_code == 200 and back.json()["results"][0]["result"]
+
+    # Label Studio restarted and no longer accepts access-1 (its stated expiry is far away): the backend
+    # refreshes once and asks again, instead of failing every click until the old token expires.
+    ls.routes["/api/token/refresh/"] = (200, {"Content-Type": "application/json"},
+                                        json.dumps({"access": "access-2"}).encode())
+    ls.routes["/data/upload/1/dog.png"] = (401, {}, b"token expired")
+    refusals = {"n": 0}
+    original = ls.routes
+
+    class Refuse401Once(dict):
+        def get(self, key, default=None):
+            if key == "/data/upload/1/dog.png":
+                auth = ls.hits[-1][2].get("Authorization", "")
+                if auth == "Bearer access-1":
+                    refusals["n"] += 1
+                    return (401, {}, b"token expired")
+                return (200, {"Content-Type": "image/png"}, png_bytes())
+            return original.get(key, default)
+
+    ls.routes = Refuse401Once(original)
+    dog = client.post("/predict", json=body("/data/upload/1/dog.png", [kp(30, 20)], original_label_config))
+    assert dog.status_code == 200, dog.text
+    assert refusals["n"] == 1
+    refresh_calls = [h for h in ls.hits if h[1].startswith("/api/token/refresh/")]
+    assert len(refresh_calls) == 2
+    assert _pat() not in caplog.text

@@ -86,6 +86,11 @@ class LabelStudioAuth:
                 self._refresh()
             return f"Bearer {self._access}"
 
+    def invalidate(self) -> None:
+        """Forget the access token (Label Studio refused it before its expiry): the next header refreshes."""
+        with self._lock:
+            self._access = None
+
     def _refresh(self) -> None:
         url = f"{self.base_url}/api/token/refresh/"
         try:
@@ -304,8 +309,9 @@ class ImageFetcher:
             raise ImageError(f"fetching {_short(url)!r} needs LABEL_STUDIO_API_KEY (a personal access token)")
         previous: str | None = None
         trusted_redirect = False  # a redirect answered by Label Studio itself (presign → bucket)
+        retried = False
         try:
-            for _ in range(MAX_REDIRECTS + 1):
+            for _ in range(MAX_REDIRECTS + 2):
                 if not trusted_redirect:
                     self.check_url(url, redirected_from=previous)
                 headers = {}
@@ -314,6 +320,13 @@ class ImageFetcher:
                 request = self.client.build_request("GET", url, headers=headers)
                 response = self.client.send(request, stream=True)
                 try:
+                    if response.status_code == 401 and headers and self.auth.is_pat and not retried:
+                        # The access token died before its stated expiry (Label Studio restarted, or
+                        # the token was rotated): refresh once and ask again, instead of failing every
+                        # click until the old token's expiry.
+                        self.auth.invalidate()
+                        retried = True
+                        continue
                     if response.is_redirect and "location" in response.headers:
                         trusted_redirect = self._is_label_studio(url)
                         previous, url = url, str(response.next_request.url) if response.next_request else url
