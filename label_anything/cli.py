@@ -210,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_precompute_parser(sub)
     add_bench_parser(sub)
+    from label_anything.batch import add_boxes_to_masks_parser
+    from label_anything.labelstudio.import_coco import add_import_coco_parser
+
+    add_boxes_to_masks_parser(sub)
+    add_import_coco_parser(sub)
     return parser
 
 

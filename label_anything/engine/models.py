@@ -29,15 +29,18 @@ MODEL_CONFIGS: dict[str, tuple[str, ...]] = {
     "sam": ("vit_b", "vit_l", "vit_h"),
     "sam_hq": ("vit_b", "vit_l", "vit_h", "vit_tiny"),
     "mobile_sam": ("vit_t",),
+    "sam2": ("tiny", "small", "base_plus", "large"),
     "classical": ("grabcut",),
 }
-DEFAULT_CONFIG = {"sam": "vit_b", "sam_hq": "vit_b", "mobile_sam": "vit_t", "classical": "grabcut"}
+DEFAULT_CONFIG = {"sam": "vit_b", "sam_hq": "vit_b", "mobile_sam": "vit_t", "sam2": "tiny", "classical": "grabcut"}
 MODEL_NAMES = (*MODEL_CONFIGS, "auto")
 
 # What `auto` picks among downloaded checkpoints: fast ones first on CPU, accurate ones first on GPU.
-_AUTO_ORDER_CPU = ("mobile_sam", "sam_hq_vit_tiny", "sam_vit_b", "sam_hq_vit_b", "sam_vit_l",
-                   "sam_hq_vit_l", "sam_vit_h", "sam_hq_vit_h")
-_AUTO_ORDER_GPU = ("sam_hq_vit_h", "sam_vit_h", "sam_hq_vit_l", "sam_vit_l", "sam_hq_vit_b", "sam_vit_b",
+_AUTO_ORDER_CPU = ("mobile_sam", "sam_hq_vit_tiny", "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam_vit_b",
+                   "sam_hq_vit_b", "sam2.1_hiera_base_plus", "sam_vit_l", "sam_hq_vit_l", "sam2.1_hiera_large",
+                   "sam_vit_h", "sam_hq_vit_h")
+_AUTO_ORDER_GPU = ("sam2.1_hiera_large", "sam_hq_vit_h", "sam_vit_h", "sam2.1_hiera_base_plus", "sam_hq_vit_l",
+                   "sam_vit_l", "sam2.1_hiera_small", "sam_hq_vit_b", "sam_vit_b", "sam2.1_hiera_tiny",
                    "sam_hq_vit_tiny", "mobile_sam")
 
 
@@ -103,7 +106,7 @@ def choose_model(
     if name == "auto":
         if checkpoint is not None:
             raise LabelAnythingError(
-                "--checkpoint needs --model-name (sam, sam_hq or mobile_sam) to know its architecture"
+                "--checkpoint needs --model-name (sam, sam_hq, mobile_sam or sam2) to know its architecture"
             )
         folder = checkpoint_dir(cache_dir)
         from label_anything.engine.weights import CHECKPOINTS
@@ -159,6 +162,8 @@ def load_model(
 
         return ClassicalModel()
     assert choice.checkpoint is not None
+    if choice.name == "sam2":
+        return _load_sam2(choice, device)
     from label_anything.engine.sam import ARCHITECTURES, SamModel
 
     arch = ARCHITECTURES[(choice.name, choice.config)]
@@ -180,6 +185,27 @@ def load_model(
 
         choose_decoder(model, decoder, cache_dir)
     return model
+
+
+def _load_sam2(choice: ModelChoice, device: str) -> SegmentationModel:
+    """SAM 2.1 (or SAM 2.0: told apart by its tensors) from an official ``{"model": state_dict}`` file."""
+    from label_anything.engine.sam2 import Sam2Architecture, Sam2Model, build_sam2_network, sam2_version_of
+
+    assert choice.checkpoint is not None
+    state = load_state_dict(choice.checkpoint)
+    version = sam2_version_of(state)
+    network = build_sam2_network(choice.config, version)
+    _load_into(network, state, choice)
+    network.to(device)
+    info = ModelInfo(
+        name=choice.name,
+        config=choice.config,
+        weights_digest=file_sha256(choice.checkpoint),
+        device=device,
+        checkpoint=str(choice.checkpoint),
+    )
+    log.info("loaded SAM %s %s from %s on %s", version, choice.config, choice.checkpoint, device)
+    return Sam2Model(network, Sam2Architecture(choice.name, choice.config, version), info)
 
 
 def _load_into(network, state: dict, choice: ModelChoice) -> None:

@@ -41,6 +41,7 @@ class CheckpointSpec:
 
 _FB = "https://dl.fbaipublicfiles.com/segment_anything/"
 _HQ = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
+_SAM2 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
 CHECKPOINTS: dict[str, CheckpointSpec] = {
     spec.name: spec
@@ -62,6 +63,18 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
         CheckpointSpec("mobile_sam", "mobile_sam", "vit_t", "mobile_sam.pt",
                        "https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/master/weights/mobile_sam.pt",
                        40728226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
+        # SAM 2.1 (Meta, 2024-09-28 release); digests from the facebook/sam2.1-hiera-* LFS pointers.
+        CheckpointSpec("sam2.1_hiera_tiny", "sam2", "tiny", "sam2.1_hiera_tiny.pt", _SAM2 + "sam2.1_hiera_tiny.pt",
+                       156008466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
+        CheckpointSpec("sam2.1_hiera_small", "sam2", "small", "sam2.1_hiera_small.pt",
+                       _SAM2 + "sam2.1_hiera_small.pt",
+                       184416285, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38"),
+        CheckpointSpec("sam2.1_hiera_base_plus", "sam2", "base_plus", "sam2.1_hiera_base_plus.pt",
+                       _SAM2 + "sam2.1_hiera_base_plus.pt",
+                       323606802, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"),
+        CheckpointSpec("sam2.1_hiera_large", "sam2", "large", "sam2.1_hiera_large.pt",
+                       _SAM2 + "sam2.1_hiera_large.pt",
+                       898083611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
     )
 }
 

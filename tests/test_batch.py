@@ -1,0 +1,216 @@
+"""boxes-to-masks and import-coco on real photos (scikit-image) with MobileSAM random weights."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from label_anything import batch
+from label_anything.batch import SCORE_FIELD, boxes_to_masks, partial_path
+from label_anything.engine import Prompt, decode, encode
+
+skimage_data = pytest.importorskip("skimage.data")
+pycocotools_coco = pytest.importorskip("pycocotools.coco")
+
+# (file name, scikit-image photo, boxes [x, y, w, h]); a sub-folder and a space in one name on purpose.
+PHOTOS = [
+    ("coffee.png", "coffee", [[150.0, 40.0, 300.0, 260.0], [10.0, 10.0, 120.0, 90.0], [400.5, 250.25, 150.0, 120.0]]),
+    ("cats/chelsea cat.png", "chelsea", [[140.0, 20.0, 180.0, 250.0], [0.0, 0.0, 451.0, 300.0]]),
+    ("astronaut.png", "astronaut", [[140.0, 10.0, 200.0, 220.0], [300.0, 300.0, 200.0, 200.0], [20, 100, 80, 300]]),
+]
+
+
+class StopError(Exception):
+    """Raised by the test hook to interrupt a run after one image."""
+
+
+@pytest.fixture(scope="module")
+def coco_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """Images saved losslessly (PNG) and a COCO file with boxes, extra fields, a box-less annotation and an
+    image without annotations. Returns (COCO path, images folder, the COCO dict)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("coco")
+    images_dir = root / "images"
+    images, annotations = [], []
+    for image_id, (name, photo, boxes) in enumerate(PHOTOS, start=1):
+        pixels = np.ascontiguousarray(getattr(skimage_data, photo)())
+        (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(images_dir / name)
+        images.append({"id": image_id, "file_name": name, "height": pixels.shape[0], "width": pixels.shape[1]})
+        for bbox in boxes:
+            annotations.append({"id": 100 + len(annotations), "image_id": image_id, "category_id": 1 + len(boxes) % 2,
+                                "bbox": bbox, "iscrowd": 0, "area": bbox[2] * bbox[3], "note": {"who": "tester"}})
+    # A keypoint-only annotation (no bbox) and an image with nothing on it: both must pass through untouched.
+    annotations.append({"id": 999, "image_id": 1, "category_id": 1, "keypoints": [10, 10, 2], "num_keypoints": 1})
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(images_dir / "empty.png")
+    images.append({"id": 4, "file_name": "empty.png", "height": 20, "width": 30})
+    coco = {"info": {"description": "test"}, "images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other thing"}]}
+    path = root / "boxes.json"
+    path.write_text(json.dumps(coco))
+    return path, images_dir, coco
+
+
+def interactive_mask(model, embedding, bbox: list[float]) -> tuple[np.ndarray, float]:
+    """The mask the interactive path gives for a COCO box."""
+    x, y, w, h = bbox
+    return decode(model, embedding, Prompt.from_lists(box=[x, y, x + w, y + h])).best()[:2]
+
+
+@pytest.fixture(scope="module")
+def rle_run(coco_dataset, mobile_sam_model, tmp_path_factory) -> tuple[Path, batch.BoxesReport]:
+    coco_path, images_dir, _ = coco_dataset
+    out = tmp_path_factory.mktemp("out") / "masks.json"
+    report = boxes_to_masks(mobile_sam_model, coco_path, images_dir, out, progress=False)
+    return out, report
+
+
+def test_masks_equal_the_interactive_path_and_load_in_pycocotools(coco_dataset, mobile_sam_model, rle_run):
+    from label_anything.images import read_image
+
+    _, images_dir, original = coco_dataset
+    out, report = rle_run
+    assert report.images_done == 3 and report.boxes_done == 8 and not report.failed
+    assert not partial_path(out).exists()  # the sidecar goes once OUT is written
+    api = pycocotools_coco.COCO(str(out))
+    written = json.loads(out.read_text())
+    files = {img["id"]: img["file_name"] for img in original["images"]}
+    embeddings: dict[int, object] = {}
+    for before, after in zip(original["annotations"], written["annotations"], strict=True):
+        # every original field is kept, with its value (area excepted: it now measures the mask)
+        for key, value in before.items():
+            if key != "area":
+                assert after[key] == value, key
+        if "bbox" not in before:
+            assert after == before
+            continue
+        image_id = before["image_id"]
+        if image_id not in embeddings:  # the interactive path too encodes each image once
+            embeddings[image_id] = encode(mobile_sam_model, read_image(images_dir / files[image_id]))
+        expected, score = interactive_mask(mobile_sam_model, embeddings[before["image_id"]], before["bbox"])
+        got = api.annToMask(api.anns[before["id"]]).astype(bool)
+        np.testing.assert_array_equal(got, expected)
+        assert after["area"] == int(expected.sum())
+        assert after[SCORE_FIELD] == pytest.approx(score, abs=1e-6)
+    assert {k: v for k, v in written.items() if k != "annotations"} == {
+        k: v for k, v in original.items() if k != "annotations"
+    }
+
+
+def test_polygon_format_min_score_and_bad_boxes(coco_dataset, mobile_sam_model, tmp_path):
+    _, images_dir, original = coco_dataset
+    coco = copy.deepcopy(original)
+    coco["annotations"].append({"id": 500, "image_id": 3, "category_id": 1, "bbox": [10, 10, 0, 5]})
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(coco))
+    out = tmp_path / "poly.json"
+    report = boxes_to_masks(mobile_sam_model, path, images_dir, out, fmt="polygon", min_score=2.0, progress=False)
+    assert len(report.low_score) == 8  # a predicted IoU is never above 2: every mask is reported
+    assert any("500" in f for f in report.failed)
+    written = json.loads(out.read_text())
+    assert written["annotations"][-1] == coco["annotations"][-1]  # the bad box is kept, untouched
+    api = pycocotools_coco.COCO(str(out))
+    for ann in written["annotations"]:
+        if SCORE_FIELD in ann:
+            assert isinstance(ann["segmentation"], list)
+            assert api.annToMask(api.anns[ann["id"]]).sum() == ann["area"]  # area measures the polygons
+
+
+def test_resume_encodes_only_the_images_left(coco_dataset, mobile_sam_model, rle_run, tmp_path, monkeypatch):
+    coco_path, images_dir, _ = coco_dataset
+    out = tmp_path / "resumed.json"
+
+    def stop_after_first(image_id) -> None:
+        raise StopError(image_id)
+
+    with pytest.raises(StopError):
+        boxes_to_masks(mobile_sam_model, coco_path, images_dir, out, progress=False, after_image=stop_after_first)
+    assert not out.exists()
+    lines = partial_path(out).read_text().splitlines()
+    assert len(lines) == 2  # fingerprint + one finished image
+    # A torn last line (a crash mid-write) must be ignored, not fatal.
+    with partial_path(out).open("a") as f:
+        f.write('{"image_id": 2, "annotat')
+
+    encoded: list[tuple[int, ...]] = []
+    real_encode = batch.encode
+
+    def counting_encode(model, image, *args, **kwargs):
+        encoded.append(image.shape)
+        return real_encode(model, image, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "encode", counting_encode)
+    report = boxes_to_masks(mobile_sam_model, coco_path, images_dir, out, progress=False)
+    assert len(encoded) == 2 and report.images_skipped == 1 and report.images_done == 2
+    assert json.loads(out.read_text()) == json.loads(rle_run[0].read_text())
+    assert not partial_path(out).exists()
+
+
+def test_progress_of_another_run_is_not_mixed_in(tmp_path):
+    from label_anything.batch import read_progress
+
+    path = tmp_path / "o.json.partial.jsonl"
+    record = json.dumps({"image_id": 1, "annotations": {"0": {"area": 5}}})
+    path.write_text(json.dumps({"fingerprint": {"model": "a"}}) + "\n" + record + "\n")
+    assert read_progress(path, {"model": "a"}) == {"1": {"0": {"area": 5}}}
+    assert read_progress(path, {"model": "b"}) == {}
+    assert read_progress(tmp_path / "none.jsonl", {"model": "a"}) == {}
+
+
+def test_cli_boxes_to_masks_then_import_coco(coco_dataset, random_checkpoint, rle_run, tmp_path, capsys):
+    from label_studio_sdk.converter.brush import decode_rle
+
+    from label_anything.cli import main
+
+    coco_path, images_dir, _ = coco_dataset
+    out = tmp_path / "cli.json"
+    model_args = ["--model-name", "mobile_sam", "--checkpoint", str(random_checkpoint("mobile_sam", "vit_t")),
+                  "--device", "cpu"]
+    assert main(["boxes-to-masks", str(coco_path), "--images", str(images_dir), "--out", str(out),
+                 "--no-progress", *model_args]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["boxes"] == 8 and summary["images"] == 3
+    assert json.loads(out.read_text()) == json.loads(rle_run[0].read_text())
+
+    tasks_path = tmp_path / "tasks.json"
+    config_path = tmp_path / "config.xml"
+    assert main(["import-coco", str(out), "--images", str(images_dir), "--out", str(tasks_path),
+                 "--local-files-root", str(images_dir.parent), "--label-config", str(config_path)]) == 0
+    tasks = json.loads(tasks_path.read_text())
+    assert len(tasks) == 4
+    assert tasks[1]["data"]["image"] == "/data/local-files/?d=images/cats/chelsea%20cat.png"
+    assert "predictions" not in tasks[3]  # the empty image: a task to label from scratch
+
+    api = pycocotools_coco.COCO(str(out))
+    for task in tasks[:3]:
+        img = api.imgs[task["data"]["coco_image_id"]]
+        anns = [a for a in api.imgToAnns[img["id"]] if "bbox" in a]
+        result = task["predictions"][0]["result"]
+        rects = [r for r in result if r["type"] == "rectanglelabels"]
+        brushes = [r for r in result if r["type"] == "brushlabels"]
+        assert len(rects) == len(anns)
+        for rect, ann in zip(rects, anns, strict=True):
+            v = rect["value"]
+            assert rect["original_width"] == img["width"] and rect["original_height"] == img["height"]
+            assert [v["x"] * img["width"] / 100, v["y"] * img["height"] / 100, v["width"] * img["width"] / 100,
+                    v["height"] * img["height"] / 100] == pytest.approx(ann["bbox"])
+            assert v["rectanglelabels"] == [api.cats[ann["category_id"]]["name"]]
+        masks = [api.annToMask(a).astype(bool) for a in anns]
+        assert len(brushes) == sum(m.any() for m in masks)
+        for brush, mask in zip(brushes, [m for m in masks if m.any()], strict=True):
+            decoded = np.asarray(decode_rle(brush["value"]["rle"])).reshape(img["height"], img["width"], 4)[:, :, 3]
+            np.testing.assert_array_equal(decoded > 0, mask)
+    config = config_path.read_text()
+    assert '<RectangleLabels name="label" toName="image">' in config and '<Label value="other thing"/>' in config
+
+
+def test_image_reference_with_a_url_prefix():
+    from label_anything.labelstudio.import_coco import image_reference
+
+    assert image_reference("a b.jpg", Path("x"), local_files_root=None, url_prefix="https://h/i/") == "https://h/i/a%20b.jpg"
+    assert image_reference("a.jpg", Path("x"), local_files_root=None, url_prefix="s3://bucket/") == "s3://bucket/a.jpg"

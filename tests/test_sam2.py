@@ -1,0 +1,188 @@
+"""SAM 2.1 (issue 9): our encode/decode gives the official SAM2ImagePredictor's masks on the same weights.
+
+Reference: Meta's SAM 2 code as packaged by Roboflow (``rf-sam-2``), the same code our model runs, with
+its own stateful ``SAM2ImagePredictor``; weights are seeded random, saved in the official
+``{"model": state_dict}`` format that ``load_model`` reads.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sam2.build_sam", reason="SAM 2 needs rf-sam-2")
+
+from label_anything.engine import Prompt, decode, encode, load_model
+from label_anything.engine.cache import embedding_from_bytes, embedding_to_bytes, to_storage_dtype
+from label_anything.engine.models import choose_model
+from label_anything.engine.sam2 import build_sam2_network
+from label_anything.engine.weights import CHECKPOINTS, find_spec
+from label_anything.errors import CheckpointError
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def save_random_sam2(config: str, path: Path, seed: int = 0, version: str = "2.1") -> Path:
+    torch.manual_seed(seed)
+    torch.save({"model": build_sam2_network(config, version).state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sam2_checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sam2")
+    built: dict[tuple[str, int, str], Path] = {}
+
+    def make(config: str = "tiny", seed: int = 0, version: str = "2.1") -> Path:
+        key = (config, seed, version)
+        if key not in built:
+            built[key] = save_random_sam2(config, folder / f"random-sam{version}-{config}-{seed}.pt", seed, version)
+        return built[key]
+
+    return make
+
+
+def prompts_for(h: int, w: int) -> dict[str, Prompt]:
+    cx, cy = w * 0.5, h * 0.45
+    box = (w * 0.2, h * 0.15, w * 0.75, h * 0.8)
+    return {
+        "click": Prompt.from_lists([(cx, cy)]),
+        "click+negative": Prompt.from_lists([(cx, cy), (w * 0.3, h * 0.3)], [1, 0]),
+        "three points": Prompt.from_lists([(cx, cy), (w * 0.6, h * 0.6), (w * 0.1, h * 0.9)], [1, 1, 0]),
+        "box": Prompt.from_lists(box=box),
+        "box+points": Prompt.from_lists([(cx, cy), (w * 0.25, h * 0.2)], [1, 0], box=box),
+    }
+
+
+def official_predictor(path: Path, config: str):
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from label_anything.engine.sam2 import config_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script deprecation inside SAM2Transforms
+        return SAM2ImagePredictor(build_sam2(config_file(config), ckpt_path=str(path), device="cpu"))
+
+
+@pytest.mark.parametrize(
+    "config", [pytest.param("tiny", id="tiny"), pytest.param("small", id="small", marks=pytest.mark.slow)]
+)
+def test_masks_equal_official_predictor(config, sam2_checkpoints, chelsea):
+    path = sam2_checkpoints(config)
+    ours = load_model("sam2", config, path, device="cpu")
+    predictor = official_predictor(path, config)
+    # Non-square and portrait: the SAM 2 resize is to 1024 x 1024 without keeping the aspect ratio.
+    for name, image in {"chelsea": chelsea, "portrait": np.ascontiguousarray(chelsea.transpose(1, 0, 2))}.items():
+        h, w = image.shape[:2]
+        embedding = encode(ours, image)
+        assert embedding.original_size == (h, w)
+        assert embedding.arrays["features"].shape == (1, 256, 64, 64)
+        assert embedding.arrays["high_res_feats_0"].shape == (1, 32, 256, 256)
+        assert embedding.arrays["high_res_feats_1"].shape == (1, 64, 128, 128)
+        predictor.set_image(image)
+        half = embedding_from_bytes(embedding_to_bytes(to_storage_dtype(embedding)))  # what the cache keeps
+        nontrivial = 0
+        for prompt_name, prompt in prompts_for(h, w).items():
+            where = f"sam2 {config}, {name}, {prompt_name}"
+            multimask = prompt.is_single_click
+            got = decode(ours, embedding, prompt, keep="all")
+            want_masks, want_scores, want_logits = predictor.predict(
+                point_coords=prompt.points if len(prompt.points) else None,
+                point_labels=prompt.point_labels if len(prompt.points) else None,
+                box=prompt.box,
+                multimask_output=multimask,
+            )
+            assert got.masks.shape == want_masks.shape == ((3 if multimask else 1), h, w), where
+            for a, b in zip(got.masks, want_masks, strict=True):
+                assert iou(a, b) >= 0.999, where
+                nontrivial += 0.001 < a.mean() < 0.999
+            np.testing.assert_allclose(got.scores, want_scores, atol=1e-3, err_msg=where)
+            np.testing.assert_allclose(got.low_res_logits, want_logits, atol=1e-3, rtol=1e-3, err_msg=where)
+
+            best = decode(ours, embedding, prompt)
+            i = int(np.argmax(want_scores))
+            assert best.masks.shape == (1, h, w), where
+            assert iou(best.masks[0], want_masks[i]) >= 0.999, where
+
+            refined = decode(
+                ours, embedding, Prompt(prompt.points, prompt.point_labels, prompt.box, got.low_res_logits[i : i + 1])
+            )
+            want_r, want_rs, _ = predictor.predict(
+                point_coords=prompt.points if len(prompt.points) else None,
+                point_labels=prompt.point_labels if len(prompt.points) else None,
+                box=prompt.box,
+                mask_input=want_logits[i : i + 1],
+                multimask_output=False,
+            )
+            assert iou(refined.masks[0], want_r[0]) >= 0.999, where + " refined"
+            assert abs(float(refined.scores[0]) - float(want_rs[0])) <= 1e-3, where + " refined"
+
+            for a, b in zip(decode(ours, half, prompt, keep="all").masks, want_masks, strict=True):
+                assert iou(a, b) >= 0.999, where + " float16 cache"
+        assert nontrivial >= 3, f"sam2 {config} {name}: random weights gave only empty/full masks"
+
+
+def test_sam2_0_checkpoint_loads(sam2_checkpoints, chelsea):
+    """A SAM 2.0 checkpoint (no 2.1-only tensors) builds the SAM 2.0 architecture."""
+    model = load_model("sam2", "tiny", sam2_checkpoints("tiny", version="2"), device="cpu")
+    assert model.arch.version == "2"
+    seg = decode(model, encode(model, chelsea[:64, :96].copy()), Prompt.from_lists(box=(10, 10, 60, 50)))
+    assert seg.masks.shape == (1, 64, 96)
+
+
+def test_wrong_checkpoints_are_refused_clearly(sam2_checkpoints, random_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="does not fit sam2 small"):
+        load_model("sam2", "small", sam2_checkpoints("tiny"), device="cpu")
+    with pytest.raises(CheckpointError, match="does not fit sam2 tiny"):
+        load_model("sam2", "tiny", random_checkpoint("mobile_sam", "vit_t"), device="cpu")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"bad\.pt"):  # shared SAM 1 loader message
+        load_model("sam2", "tiny", bad, device="cpu")
+    with pytest.raises(CheckpointError, match=r"label-anything download sam2\.1_hiera_base_plus"):
+        choose_model("sam2", "base_plus", cache_dir=tmp_path)
+
+
+def test_embedding_from_another_model_is_refused(sam2_checkpoints, mobile_sam_model, chelsea):
+    model = load_model("sam2", "tiny", sam2_checkpoints("tiny"), device="cpu")
+    small = chelsea[:64, :64].copy()
+    with pytest.raises(ValueError, match="embedding from"):
+        decode(model, encode(mobile_sam_model, small), Prompt.from_lists([(10, 10)]))
+
+
+def test_registry_has_the_official_sam2_1_checkpoints():
+    for config, size in (("tiny", 156008466), ("small", 184416285), ("base_plus", 323606802), ("large", 898083611)):
+        spec = find_spec("sam2", config)
+        assert spec is not None and spec.name == f"sam2.1_hiera_{config}" and CHECKPOINTS[spec.name] is spec
+        assert spec.filename == f"sam2.1_hiera_{config}.pt" and spec.size == size and len(spec.sha256) == 64
+        assert spec.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{spec.filename}"
+
+
+def test_auto_prefers_sam2_tiny_on_cpu_over_sam_vit_b(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("sam_vit_b", "sam2.1_hiera_tiny"):
+        (folder / CHECKPOINTS[name].filename).write_bytes(b"x")
+    assert choose_model("auto", cache_dir=tmp_path, device="cpu").name == "sam2"
+
+
+def test_cli_download_knows_sam2_names(http_stub, tmp_path, capsys):
+    """`label-anything download sam2.1_hiera_tiny` resolves the name and verifies what arrives."""
+    from label_anything.cli import main
+
+    server = http_stub()
+    server.routes["/sam2.1_hiera_tiny.pt"] = (200, {}, b"not the checkpoint")
+    code = main(["download", "sam2.1_hiera_tiny", "--cache-dir", str(tmp_path), "--url",
+                 server.url + "/sam2.1_hiera_tiny.pt"])
+    assert code != 0
+    assert "corrupt" in capsys.readouterr().err
+    assert [hit[1] for hit in server.hits] == ["/sam2.1_hiera_tiny.pt"]
+    assert not (tmp_path / "checkpoints" / "sam2.1_hiera_tiny.pt").exists()
