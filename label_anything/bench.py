@@ -565,10 +565,16 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     import logging
 
-    # One log line per click would bury the table.
-    for name in ("httpx", "label_anything.server", "label_anything.engine"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    results = run_bench(quick=args.quick, workdir=args.workdir, decoder=args.decoder)
+    # One log line per click would bury the table; the levels come back afterwards (bench may run in-process).
+    quiet = [logging.getLogger(name) for name in ("httpx", "label_anything.server", "label_anything.engine")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        results = run_bench(quick=args.quick, workdir=args.workdir, decoder=args.decoder)
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     print(format_table(results))
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
