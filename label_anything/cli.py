@@ -154,9 +154,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"checkpoints in {folder}:")
     for spec in CHECKPOINTS.values():
         have = "yes" if (folder / spec.filename).is_file() else "no "
-        print(f"  {have}  {spec.name:16} --model-name {spec.model:10} --sam-config {spec.config:8} "
+        print(f"  {have}  {spec.name:22} --model-name {spec.model:10} --sam-config {spec.config:9} "
               f"{spec.size / 2**20:7.0f} MiB  {spec.url}")
-    print("  yes  classical        --model-name classical  (no weights: OpenCV GrabCut)")
+    print(f"  yes  {'classical':22} --model-name classical  (no weights: OpenCV GrabCut)")
     return 0
 
 
