@@ -505,3 +505,16 @@ def test_smart_click_answer_is_one_object(tmp_path: Path, imgs: Path) -> None:
                    progress=False, merge_suggestions=False)
     assert len(json.loads((tmp_path / "o2" / "annotations" / "ann.json").read_text())["annotations"]) == 5
     assert not kept.tally.skipped
+
+
+def test_brush_rle_of_another_size_is_a_counted_loss(tmp_path: Path, imgs: Path) -> None:
+    """An RLE whose length does not match original_width × original_height: counted, never decoded wrong."""
+    h, w = donut().shape
+    save_image(imgs, "a.png", w, h)
+    good = brush(donut(), "ring", rid="b1")
+    bad = brush(np.ones((10, 10), dtype=bool), "ring", rid="b2")
+    bad["original_width"], bad["original_height"] = w, h  # claims the image's size, holds 10x10 pixels
+    coco, result = run(tmp_path, [task(1, "/data/upload/9/a.png", [good, bad])])
+    assert len(coco["annotations"]) == 1
+    assert sum(result.tally.dropped.values()) == 1
+    assert any("rle" in reason.lower() or "brush" in reason.lower() for reason in result.tally.dropped)
