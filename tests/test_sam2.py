@@ -186,3 +186,50 @@ def test_cli_download_knows_sam2_names(http_stub, tmp_path, capsys):
     assert "corrupt" in capsys.readouterr().err
     assert [hit[1] for hit in server.hits] == ["/sam2.1_hiera_tiny.pt"]
     assert not (tmp_path / "checkpoints" / "sam2.1_hiera_tiny.pt").exists()
+
+
+def test_segment_and_serve_with_sam2_tiny(sam2_checkpoints, chelsea, chelsea_jpeg, original_label_config, tmp_path):
+    """The two entry points a user has, with a random-weight SAM 2.1 tiny checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from urllib.parse import quote
+
+    from starlette.testclient import TestClient
+
+    from label_anything.engine.cache import EmbeddingCache
+    from label_anything.labelstudio.images import ImageFetcher
+    from label_anything.labelstudio.rle import brush_rle_decode
+    from label_anything.labelstudio.server import Backend, ServeOptions, create_app
+
+    ckpt = sam2_checkpoints("tiny")
+    out = tmp_path / "mask.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "label_anything", "segment", str(chelsea_jpeg), "--model-name", "sam2",
+         "--sam-config", "tiny", "--checkpoint", str(ckpt), "--point", "260,140", "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "LABEL_ANYTHING_CACHE": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"model": "sam2-tiny-' in proc.stdout and out.is_file()
+
+    model = load_model("sam2", "tiny", ckpt, device="cpu")
+    backend = Backend(model, ImageFetcher(local_files_root=chelsea_jpeg.parent), EmbeddingCache(dtype=np.float32),
+                      ServeOptions())
+    h, w = chelsea.shape[:2]
+    point = {"original_width": w, "original_height": h, "image_rotation": 0, "is_positive": True,
+             "value": {"x": 260 * 100 / w, "y": 140 * 100 / h, "width": 0.5, "keypointlabels": ["cat"]},
+             "from_name": "KeyPointLabels", "to_name": "image", "type": "keypointlabels"}
+    request = {"tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=" + quote(chelsea_jpeg.name)}}],
+               "label_config": original_label_config, "params": {"context": {"result": [point]}}}
+    with TestClient(create_app(backend)) as client:
+        assert client.post("/setup", json={"schema": original_label_config}).json()["model_version"].startswith(
+            "sam2-tiny-")
+        answer = client.post("/predict", json=request)
+    assert answer.status_code == 200, answer.text
+    (region,) = [r for r in answer.json()["results"][0]["result"] if r["type"] == "brushlabels"]
+    from label_anything.images import read_image
+
+    served_image = read_image(chelsea_jpeg)  # the JPEG's pixels, as the backend reads them
+    expected = decode(model, encode(model, served_image), Prompt.from_lists([(260, 140)])).best()[0]
+    served = brush_rle_decode(region["value"]["rle"], h, w)
+    assert np.count_nonzero(served != expected) <= max(10, expected.size // 10_000)
