@@ -171,13 +171,7 @@ def load_model(
     network = arch.build()
     _load_into(network, state, choice)
     network.to(device)
-    info = ModelInfo(
-        name=choice.name,
-        config=choice.config,
-        weights_digest=file_sha256(choice.checkpoint),
-        device=device,
-        checkpoint=str(choice.checkpoint),
-    )
+    info = _model_info(choice, device)
     log.info("loaded %s %s from %s on %s", choice.name, choice.config, choice.checkpoint, device)
     model = SamModel(network, arch, info)
     if decoder != "torch":
@@ -185,6 +179,18 @@ def load_model(
 
         choose_decoder(model, decoder, cache_dir)
     return model
+
+
+def _model_info(choice: ModelChoice, device: str) -> ModelInfo:
+    """What names a loaded model: family, config, and the SHA-256 of the file actually loaded."""
+    assert choice.checkpoint is not None
+    return ModelInfo(
+        name=choice.name,
+        config=choice.config,
+        weights_digest=file_sha256(choice.checkpoint),
+        device=device,
+        checkpoint=str(choice.checkpoint),
+    )
 
 
 def _load_sam2(choice: ModelChoice, device: str) -> SegmentationModel:
@@ -197,13 +203,7 @@ def _load_sam2(choice: ModelChoice, device: str) -> SegmentationModel:
     network = build_sam2_network(choice.config, version)
     _load_into(network, state, choice)
     network.to(device)
-    info = ModelInfo(
-        name=choice.name,
-        config=choice.config,
-        weights_digest=file_sha256(choice.checkpoint),
-        device=device,
-        checkpoint=str(choice.checkpoint),
-    )
+    info = _model_info(choice, device)
     log.info("loaded SAM %s %s from %s on %s", version, choice.config, choice.checkpoint, device)
     return Sam2Model(network, Sam2Architecture(choice.name, choice.config, version), info)
 
