@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Chromium for the browser tests (Debian's package; Playwright drives it, no browser download).
+# redis-server for the shared embedding cache tests (Debian's package; each test starts its own).
 setup: $(STAMP)
 	@if [ -x /usr/bin/chromium ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
 		|| echo "note: apt-get could not install chromium: browser tests will be skipped"; \
 	else echo "note: /usr/bin/chromium missing and cannot apt-get install it (need root): browser tests will be skipped"; fi
+	@if command -v redis-server >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; } \
+		|| echo "note: apt-get could not install redis-server: shared-cache tests will be skipped"; \
+	else echo "note: redis-server missing and cannot apt-get install it (need root): shared-cache tests will be skipped"; fi
 
 # Label Studio + the backend on scikit-image demo photos, ready to label (Ctrl+C stops both).
 run: setup

@@ -28,17 +28,20 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from label_anything.engine import Prompt, decode, encode
 from label_anything.engine.types import SegmentationModel
-from label_anything.errors import LabelAnythingError, PromptError
+from label_anything.errors import LabelAnythingError
 from label_anything.masks import mask_area, mask_to_coco_rle, mask_to_polygons, polygons_to_coco, polygons_to_mask
+
+if TYPE_CHECKING:
+    from label_anything.distributed import RayPool
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class BoxesReport:
     decode_seconds: float = 0.0
     low_score: list[dict[str, Any]] = field(default_factory=list)  # {"id", "image_id", "mask_score"}
     failed: list[str] = field(default_factory=list)  # images or boxes that could not be segmented
+    workers: dict[str, int] = field(default_factory=dict)  # with --ray-address: images done per host:pid
 
     @property
     def seconds(self) -> float:
@@ -111,10 +115,10 @@ def segmentation_area(mask: np.ndarray, segmentation: dict[str, Any] | list[list
     return mask_area(polygons_to_mask(segmentation, *mask.shape)) if segmentation else 0
 
 
-def _fingerprint(model: SegmentationModel, fmt: str, coco_path: Path) -> dict[str, Any]:
+def _fingerprint(model_id: str, fmt: str, coco_path: Path) -> dict[str, Any]:
     # A progress file written by another model, format or input must not be mixed into this output.
     stat = coco_path.stat()
-    return {"model": model.info.model_id, "format": fmt, "input": str(coco_path.resolve()),
+    return {"model": model_id, "format": fmt, "input": str(coco_path.resolve()),
             "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns}
 
 
@@ -170,8 +174,69 @@ def segment_image_boxes(
     return results, t1 - t0, time.perf_counter() - t1
 
 
+@dataclass
+class ImageJob:
+    """One image's work, everything a (possibly remote) worker needs besides the pixels."""
+
+    image_id: Any
+    file_name: str
+    boxes: list[tuple[int, tuple[float, float, float, float]]]  # (annotation index, (x0, y0, x1, y1))
+    coco_size: tuple[Any, Any]  # (height, width) as the COCO file says, possibly (None, None)
+
+    def __str__(self) -> str:
+        return f"image {self.file_name}"
+
+
+@dataclass
+class ImageResult:
+    """What segmenting one image gave: new annotation fields keyed by annotation index, or an error."""
+
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    encode_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    error: str | None = None  # the image could not be read: its annotations stay untouched
+    warning: str | None = None
+
+
+def segment_job(model: SegmentationModel, job: ImageJob, data: bytes | str, fmt: str) -> ImageResult:
+    """Decode the image file ``data`` (its bytes, or why they could not be read), segment ``job``'s boxes.
+
+    Runs in this process, or on a Ray worker (``--ray-address``): only bytes travel, never a path.
+    """
+    from label_anything.images import decode_image
+
+    if not job.boxes:  # nothing to segment (every box unusable): the image is not even decoded
+        return ImageResult()
+    if isinstance(data, str):
+        return ImageResult(error=data)
+    try:
+        image = decode_image(data, name=job.file_name)
+    except LabelAnythingError as exc:
+        return ImageResult(error=str(exc))
+    height, width = image.shape[:2]
+    warning = None
+    if job.coco_size not in ((None, None), (height, width)):
+        warning = (f"image {job.file_name} is {width}x{height} but the COCO file says "
+                   f"{job.coco_size[1]}x{job.coco_size[0]}: masks follow the pixels")
+    results, t_enc, t_dec = segment_image_boxes(model, image, [xyxy for _, xyxy in job.boxes])
+    fields: dict[str, dict[str, Any]] = {}
+    for (index, _), (mask, score) in zip(job.boxes, results, strict=True):
+        segmentation = mask_segmentation(mask, fmt)
+        fields[str(index)] = {"segmentation": segmentation, "area": segmentation_area(mask, segmentation),
+                              SCORE_FIELD: round(float(score), 6)}
+    return ImageResult(fields, t_enc, t_dec, warning=warning)
+
+
+def read_file_bytes(path: Path) -> bytes | str:
+    """The bytes of an image file, or the reason it cannot be read (a message for the report)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        return f"cannot read image {path}: {exc.strerror or exc}"
+
+
 def boxes_to_masks(
-    model: SegmentationModel,
+    model: SegmentationModel | None,
     coco_path: Path,
     images_dir: Path,
     out: Path,
@@ -180,35 +245,30 @@ def boxes_to_masks(
     min_score: float = 0.0,
     progress: bool = True,
     after_image: Callable[[Any], None] | None = None,
+    pool: RayPool | None = None,
 ) -> BoxesReport:
     """Add a mask to every box annotation of ``coco_path``; write ``out``; return what was done.
 
     Args:
-        model: any engine model (SAM family or classical).
+        model: any engine model (SAM family or classical); None with ``pool``.
         coco_path: COCO instances JSON with ``images`` (``id``, ``file_name``) and ``annotations`` (``bbox``).
-        images_dir: folder that ``file_name`` is relative to.
+        images_dir: folder that ``file_name`` is relative to (read here, on the driver, even with ``pool``).
         out: where to write the completed COCO JSON (its sidecar ``OUT.partial.jsonl`` holds the progress).
         fmt: ``"rle"`` or ``"polygon"``.
         min_score: masks scoring below this are still written, and listed in ``report.low_score``.
         progress: show a tqdm bar on stderr.
         after_image: called with each image id once its results are safely in the progress file (a hook for
             tests and callers that want to stop early: an exception raised there stops the run, resumably).
+        pool: Ray workers (``distributed.ray_pool``) to segment on instead of ``model``; the output is the same.
     """
     from tqdm import tqdm
 
-    from label_anything.images import read_image
-
     if fmt not in FORMATS:
         raise LabelAnythingError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if (model is None) == (pool is None):
+        raise ValueError("give either a model or a pool")
     coco_path, images_dir, out = Path(coco_path), Path(images_dir), Path(out)
-    try:
-        coco = json.loads(coco_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LabelAnythingError(f"cannot read COCO file {coco_path}: {exc}") from None
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) or not isinstance(
-        coco.get("annotations"), list
-    ):
-        raise LabelAnythingError(f"{coco_path} is not a COCO instances file (needs 'images' and 'annotations')")
+    coco = _read_coco(coco_path)
 
     # Annotations are keyed by their index in the file, which also covers files whose ids are missing or repeated.
     by_image: dict[str, list[int]] = defaultdict(list)
@@ -219,29 +279,44 @@ def boxes_to_masks(
 
     report = BoxesReport()
     sidecar = partial_path(out)
-    fingerprint = _fingerprint(model, fmt, coco_path)
+    model_id = pool.model_id if pool is not None else model.info.model_id  # type: ignore[union-attr]
+    fingerprint = _fingerprint(model_id, fmt, coco_path)
     done = read_progress(sidecar, fingerprint)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not done:
         sidecar.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
 
-    with sidecar.open("a", encoding="utf-8") as log_file:
-        bar = tqdm(images, unit="img", desc="boxes-to-masks", disable=not progress)
-        for img in bar:
-            key = _id_key(img["id"])
-            if key in done:
-                report.images_skipped += 1
-                continue
-            fields = _segment_one(model, img, [(i, coco["annotations"][i]) for i in by_image[key]], images_dir,
-                                  fmt, report, read_image)
+    todo: list[ImageJob] = []
+    for img in images:
+        if _id_key(img["id"]) in done:
+            report.images_skipped += 1
+        else:
+            todo.append(_job(img, [(i, coco["annotations"][i]) for i in by_image[_id_key(img["id"])]], report))
+
+    def calls() -> Iterator[tuple[ImageJob, tuple[Any, ...]]]:
+        # Read lazily, one image at a time: with a pool only the images in flight are held in memory.
+        for job in todo:
+            yield job, (job, read_file_bytes(images_dir / job.file_name) if job.boxes else b"", fmt)
+
+    if pool is not None:
+        results: Iterator[tuple[ImageJob, str | None, ImageResult]] = pool.map(segment_job, calls())
+    else:
+        results = ((job, None, segment_job(model, *args)) for job, args in calls())  # type: ignore[arg-type]
+
+    with sidecar.open("a", encoding="utf-8") as log_file, tqdm(
+        total=len(images), initial=report.images_skipped, unit="img", desc="boxes-to-masks", disable=not progress
+    ) as bar:
+        for job, worker, result in results:
+            _count(report, job, result, worker)
             # One line per image, flushed and fsync'ed: a crash loses at most the image in flight.
-            log_file.write(json.dumps({"image_id": img["id"], "annotations": fields}) + "\n")
+            log_file.write(json.dumps({"image_id": job.image_id, "annotations": result.fields}) + "\n")
             log_file.flush()
             os.fsync(log_file.fileno())
-            done[key] = fields
+            done[_id_key(job.image_id)] = result.fields
+            bar.update()
             bar.set_postfix(boxes=report.boxes_done)
             if after_image is not None:
-                after_image(img["id"])
+                after_image(job.image_id)
 
     for fields in done.values():
         for index, new in fields.items():
@@ -258,52 +333,49 @@ def boxes_to_masks(
     return report
 
 
-def _segment_one(
-    model: SegmentationModel,
-    img: dict[str, Any],
-    anns: list[tuple[int, dict[str, Any]]],
-    images_dir: Path,
-    fmt: str,
-    report: BoxesReport,
-    read_image: Callable[[Path], np.ndarray],
-) -> dict[str, dict[str, Any]]:
-    """New fields (segmentation, area, mask_score) of one image's box annotations, keyed by annotation index."""
-    name = str(img.get("file_name", ""))
+def _read_coco(coco_path: Path) -> dict[str, Any]:
+    """The COCO file as a dict with ``images`` and ``annotations`` lists, or a one-line error."""
     try:
-        image = read_image(images_dir / name)
-    except LabelAnythingError as exc:
-        # One unreadable file must not stop a long run: report it, leave its annotations untouched.
-        log.warning("image %s: skipped (%s)", name, exc)
-        report.failed.append(name)
-        return {}
-    height, width = image.shape[:2]
-    if (img.get("height"), img.get("width")) not in ((None, None), (height, width)):
-        log.warning("image %s is %dx%d but the COCO file says %sx%s: masks follow the pixels", name, width, height,
-                    img.get("width"), img.get("height"))
-    valid: list[tuple[int, tuple[float, float, float, float]]] = []
+        coco = json.loads(coco_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabelAnythingError(f"cannot read COCO file {coco_path}: {exc}") from None
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) or not isinstance(
+        coco.get("annotations"), list
+    ):
+        raise LabelAnythingError(f"{coco_path} is not a COCO instances file (needs 'images' and 'annotations')")
+    return coco
+
+
+def _job(img: dict[str, Any], anns: list[tuple[int, dict[str, Any]]], report: BoxesReport) -> ImageJob:
+    """The work of one image: its usable boxes; the unusable ones go to ``report.failed`` now."""
+    name = str(img.get("file_name", ""))
+    boxes: list[tuple[int, tuple[float, float, float, float]]] = []
     for index, ann in anns:
         xyxy = coco_box_to_xyxy(ann["bbox"])
         if xyxy is None:
             report.failed.append(f"{name}: annotation {ann.get('id')} has no usable bbox {ann['bbox']!r}")
             continue
-        valid.append((index, xyxy))
-    fields: dict[str, dict[str, Any]] = {}
-    if not valid:
-        return fields
-    try:
-        results, t_enc, t_dec = segment_image_boxes(model, image, [xyxy for _, xyxy in valid])
-    except PromptError as exc:  # pragma: no cover - boxes were validated above
-        report.failed.append(f"{name}: {exc}")
-        return fields
-    report.encode_seconds += t_enc
-    report.decode_seconds += t_dec
+        boxes.append((index, xyxy))
+    return ImageJob(img["id"], name, boxes, (img.get("height"), img.get("width")))
+
+
+def _count(report: BoxesReport, job: ImageJob, result: ImageResult, worker: str | None) -> None:
+    """Add one image's result to ``report`` (and say what went wrong with it)."""
+    if result.warning:
+        log.warning("%s", result.warning)
+    if result.error is not None:
+        # One unreadable file must not stop a long run: report it, leave its annotations untouched.
+        log.warning("image %s: skipped (%s)", job.file_name, result.error)
+        report.failed.append(job.file_name)
+        return
+    if not result.fields:
+        return
+    report.encode_seconds += result.encode_seconds
+    report.decode_seconds += result.decode_seconds
     report.images_done += 1
-    report.boxes_done += len(results)
-    for (index, _), (mask, score) in zip(valid, results, strict=True):
-        segmentation = mask_segmentation(mask, fmt)
-        fields[str(index)] = {"segmentation": segmentation, "area": segmentation_area(mask, segmentation),
-                              SCORE_FIELD: round(float(score), 6)}
-    return fields
+    report.boxes_done += len(result.fields)
+    if worker is not None:
+        report.workers[worker] = report.workers.get(worker, 0) + 1
 
 
 def _write_atomic(path: Path, data: Any) -> None:
@@ -323,6 +395,7 @@ def _write_atomic(path: Path, data: Any) -> None:
 def add_boxes_to_masks_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything boxes-to-masks`` to the CLI's sub-commands."""
     from label_anything.cli import add_model_arguments
+    from label_anything.distributed import add_ray_arguments
 
     p = subparsers.add_parser(
         "boxes-to-masks",
@@ -339,6 +412,7 @@ def add_boxes_to_masks_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"report masks whose {SCORE_FIELD} is under F (they are still written; default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_arguments(p)
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_boxes_to_masks)
     return p
 
@@ -346,11 +420,19 @@ def add_boxes_to_masks_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_boxes_to_masks(args: argparse.Namespace) -> int:
     from label_anything.cli import load_model_from_args
 
-    model = load_model_from_args(args)
-    report = boxes_to_masks(model, args.coco, args.images, args.out, fmt=args.format, min_score=args.min_score,
-                            progress=args.progress)
-    print(json.dumps({
-        "model": model.info.model_id,
+    options = dict(fmt=args.format, min_score=args.min_score, progress=args.progress)
+    if args.ray_address:
+        from label_anything.distributed import PoolOptions, model_options, ray_pool
+
+        with ray_pool(PoolOptions.from_args(args), model_options(args)) as pool:
+            model_id = pool.model_id
+            report = boxes_to_masks(None, args.coco, args.images, args.out, pool=pool, **options)
+    else:
+        model = load_model_from_args(args)
+        model_id = model.info.model_id
+        report = boxes_to_masks(model, args.coco, args.images, args.out, **options)
+    summary = {
+        "model": model_id,
         "out": str(args.out),
         "images": report.images_done,
         "images_resumed": report.images_skipped,
@@ -359,5 +441,8 @@ def cmd_boxes_to_masks(args: argparse.Namespace) -> int:
         "failed": report.failed,
         "images_per_s": round(report.images_per_s, 3),
         "boxes_per_s": round(report.boxes_per_s, 3),
-    }))
+    }
+    if args.ray_address:
+        summary["ray_workers"] = report.workers  # images done by each worker (host:pid)
+    print(json.dumps(summary))
     return 1 if report.failed and not report.boxes_done else 0

@@ -5,13 +5,15 @@ average before and after is recorded because a busy machine slows everything (re
 
 Models use **random-weight checkpoints of the real architectures** (built with the official packages and
 loaded through ``load_model``, like a downloaded one): timing does not depend on weight values. Mask
-*shapes* do: random weights give fragmented masks (hundreds of parts, holes), on which polygon extraction
-costs far more than on a real object. So the HTTP sections run the real decoder and then hand a synthetic
-object mask (an ellipse with a hole, ~15 % of the image) to the output stage; the raw random-weight mask's
+*shapes* do: random weights give fragmented masks (hundreds of parts, holes), on which upscaling and
+polygon extraction cost far more than on a real object. So the HTTP sections run the real decoder network,
+then swap its logits for those of a realistic object (an ellipse with a hole, ~15 % of the image), which
+the model's own code upscales and the output stage turns into regions; the raw random-weight mask's
 polygon time is reported separately (``decode.*.outputs_on_random_mask``).
 
 Sections: encoder, decode (PyTorch and ONNX Runtime), http (warm click), naive (encode on every click),
-first_click (task opened earlier, with and without prefetch), precompute, rle (ours vs label_studio_sdk).
+first_click (task opened earlier, with and without prefetch), precompute, rle (ours vs label_studio_sdk),
+models (SAM vit_b, SAM 2.1 tiny and small: encoder and warm click).
 """
 
 from __future__ import annotations
@@ -97,16 +99,24 @@ def object_mask(width: int, height: int) -> np.ndarray:
 
 
 def random_checkpoint(family: str, config: str, folder: Path, seed: int = 0) -> Path:
-    """A seeded random-weight state dict of the real architecture, built once and reused."""
-    import torch
+    """A seeded random-weight state dict of the real architecture, built once and reused.
 
-    from label_anything.engine.sam import ARCHITECTURES
+    SAM 2 files are saved as Meta's are (``{"model": state_dict}``), so they load through the same path.
+    """
+    import torch
 
     path = folder / f"random-{family}-{config}-{seed}.pth"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
-        torch.save(ARCHITECTURES[(family, config)].build().state_dict(), path)
+        if family == "sam2":
+            from label_anything.engine.sam2 import build_sam2_network
+
+            torch.save({"model": build_sam2_network(config).state_dict()}, path)
+        else:
+            from label_anything.engine.sam import ARCHITECTURES
+
+            torch.save(ARCHITECTURES[(family, config)].build().state_dict(), path)
     return path
 
 
@@ -116,21 +126,51 @@ def load_random_model(family: str, config: str, folder: Path):
     return load_model(family, config, random_checkpoint(family, config, folder), device="cpu")
 
 
+def object_logits(input_size: tuple[int, int], img_size: int = 1024) -> np.ndarray:
+    """What a trained SAM decoder gives for ``object_mask``: (1, 256, 256) float32 low-res logits, a
+    smooth signed distance (positive inside) over the model's padded square input frame."""
+    import cv2
+
+    h, w = input_size
+    square = np.zeros((img_size, img_size), np.uint8)
+    square[:h, :w] = object_mask(w, h)
+    inside = cv2.distanceTransform(square, cv2.DIST_L2, 5)
+    outside = cv2.distanceTransform(1 - square, cv2.DIST_L2, 5)
+    low = cv2.resize(inside - outside, (256, 256), interpolation=cv2.INTER_AREA) / 4
+    return low.astype(np.float32)[None]
+
+
 class SyntheticMaskModel:
-    """Wraps a model: runs its real decoder (full cost), then answers a synthetic object mask of the
-    same size, so the output stage (RLE, box, polygons) works on a realistic shape (see module doc)."""
+    """Wraps a model: runs its real decoder (full cost), then answers a realistic object mask of the
+    same size, so the output stage (RLE, box, polygons) works on a realistic shape (see module doc).
+
+    SAM-family models: the decoder network runs for real, then its logits are swapped for those of a
+    realistic object (``object_logits``) and upscaled by the model's own code, so the click pays the
+    upscaling a real mask costs. Others: the real decode, then ``object_mask``.
+    """
 
     def __init__(self, model) -> None:
         self.model = model
         self.info = model.info
         self._masks: dict[tuple[int, int], np.ndarray] = {}
+        self._logits: dict[tuple[int, int], Any] = {}
 
     def encode(self, image, image_digest):
         return self.model.encode(image, image_digest)
 
     def decode(self, embedding, prompt, *, multimask=None, keep="best"):
+        import torch
+
         from label_anything.engine.types import Segmentation
 
+        if hasattr(self.model, "decode_low_res"):
+            _, iou = self.model.decode_low_res(embedding, prompt, multimask=multimask, keep=keep)
+            size = embedding.input_size
+            if size not in self._logits:
+                self._logits[size] = torch.from_numpy(object_logits(size))
+            logits = self._logits[size].expand(len(iou), -1, -1)
+            masks = self.model.masks_from_low_res(logits, embedding)
+            return Segmentation(masks=masks, scores=iou.float().numpy(), low_res_logits=logits.numpy())
         seg = self.model.decode(embedding, prompt, multimask=multimask, keep=keep)
         h, w = embedding.original_size
         mask = self._masks.setdefault((h, w), object_mask(w, h))
@@ -252,6 +292,39 @@ def bench_encoder(models: dict[str, Any], n: int, warmup: int = 1) -> dict:
     return out
 
 
+OTHER_MODELS: dict[str, tuple[str, str]] = {
+    "sam_vit_b": ("sam", "vit_b"),
+    "sam2.1_tiny": ("sam2", "tiny"),
+    "sam2.1_small": ("sam2", "small"),
+}
+"""Models measured beside MobileSAM (encoder time and warm click at 1024×768): ``--models`` picks them."""
+
+
+def bench_models(names: tuple[str, ...], folder: Path, root: Path, file_name: str, n: int, n_encode: int) -> dict:
+    """Per model of ``OTHER_MODELS``: encoder time, and the warm click over HTTP on a 1024×768 photo.
+
+    One model is loaded at a time (SAM 2.1 small and vit_b hold hundreds of MB each). PyTorch decoders.
+    """
+    import httpx
+
+    from label_anything.engine import encode
+
+    image = scene(1024, 768)
+    out: dict[str, Any] = {}
+    for name in names:
+        family, config = OTHER_MODELS[name]
+        model = load_random_model(family, config, folder)
+        entry: dict[str, Any] = {"model": f"{family} {config}"}
+        entry["encoder"] = percentiles(timed(lambda m=model: encode(m, image, "bench"), n_encode, warmup=0))
+        with serve_backend(SyntheticMaskModel(model), root) as srv, httpx.Client(timeout=600) as client:
+            body = click_body(file_name, 1024, 768, 1024 * 0.5, 768 * 0.45)
+            post(client, srv.url, body)  # encodes and caches
+            entry["http_click_1024x768"] = percentiles(timed(lambda b=body: post(client, srv.url, b), n, warmup=1))
+        out[name] = entry
+        del model
+    return out
+
+
 def bench_decode(
     model, n: int, onnx_ok: bool, sizes: tuple[tuple[int, int], ...] = SIZES, raw_polygons: bool = True
 ) -> dict:
@@ -277,6 +350,8 @@ def bench_decode(
                     times[name].append(time.perf_counter() - t0)
         model.onnx_decoder = onnx
         entry: dict[str, Any] = {f"decode_{k}": percentiles(v) for k, v in times.items()}
+        if hasattr(model, "masks_from_low_res"):
+            entry["upscale"] = bench_upscale(model, embedding, n)
         mask = object_mask(w, h)
         entry["brush_rle"] = percentiles(timed(lambda m=mask: brush_rle_encode(m), n))
         entry["box"] = percentiles(timed(lambda m=mask: masks.mask_to_xyxy(m), n))
@@ -293,6 +368,32 @@ def bench_decode(
         }
         out[f"{w}x{h}"] = entry
     return out
+
+
+def bench_upscale(model, embedding, n: int) -> dict:
+    """Low-res logits of a realistic object → full-size mask: ours (``masks_from_low_res``, the painted
+    window only) vs the official ``postprocess_masks(...) > 0``, interleaved; and whether they agree."""
+    import torch
+
+    logits = torch.from_numpy(object_logits(embedding.input_size))
+    net = model.network
+
+    def official() -> np.ndarray:
+        with torch.inference_mode():
+            up = net.postprocess_masks(logits[None], embedding.input_size, embedding.original_size)[0]
+            return (up > net.mask_threshold).numpy()
+
+    def ours() -> np.ndarray:
+        return model.masks_from_low_res(logits, embedding)
+
+    times: dict[str, list[float]] = {"ours": [], "official": []}
+    for i in range(n + 1):
+        for name, fn in (("ours", ours), ("official", official)):
+            t0 = time.perf_counter()
+            fn()
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    return {**{k: percentiles(v) for k, v in times.items()}, "same_mask": bool(np.array_equal(ours(), official()))}
 
 
 def bench_http(model, root: Path, files: dict[tuple[int, int], str], n: int, onnx_ok: bool) -> dict:
@@ -424,8 +525,12 @@ def run_bench(
     decoder: str = "auto",
     sizes: tuple[tuple[int, int], ...] = SIZES,
     rle_size: tuple[int, int] = (4000, 3000),
+    models: tuple[str, ...] | None = None,
 ) -> dict:
-    """Run every section; returns the JSON-able result. ``sizes`` / ``rle_size``: smaller in tests."""
+    """Run every section; returns the JSON-able result. ``sizes`` / ``rle_size``: smaller in tests.
+
+    ``models``: names from ``OTHER_MODELS`` to measure beside MobileSAM; None = all of them (none when quick).
+    """
     import torch
 
     from label_anything.engine.onnx_decoder import enable_onnx_decoder, onnx_available
@@ -434,7 +539,8 @@ def run_bench(
     results: dict[str, Any] = {
         "meta": {
             "weights": RANDOM_WEIGHTS_NOTE,
-            "masks": "HTTP/output sections use a synthetic object mask after the real decoder (see module doc)",
+            "masks": "HTTP/output sections upscale a realistic object's logits after the real decoder network "
+                     "(see module doc)",
             "quick": quick,
             "load_average_start": load_average(),
             "cpus": os.cpu_count(),
@@ -448,15 +554,11 @@ def run_bench(
         work = Path(workdir) if workdir else Path(tmp)
         ckpts = work / "checkpoints"
         mobile = load_random_model("mobile_sam", "vit_t", ckpts)
-        models = {"mobile_sam": mobile}
-        if not quick:
-            models["sam_vit_b"] = load_random_model("sam", "vit_b", ckpts)
         onnx_ok = decoder != "torch" and onnx_available() and enable_onnx_decoder(mobile, work / "cache")
         if not onnx_ok:
             mobile.onnx_decoder = None
         results["meta"]["onnxruntime"] = _version("onnxruntime") if onnx_ok else None
-        results["encoder"] = bench_encoder(models, 1 if quick else 2, warmup=0 if quick else 1)
-        del models
+        results["encoder"] = bench_encoder({"mobile_sam": mobile}, 1 if quick else 2, warmup=0 if quick else 1)
         results["decode"] = bench_decode(mobile, n, onnx_ok, sizes, raw_polygons=not quick)
         root = work / "files"
         root.mkdir(parents=True, exist_ok=True)
@@ -474,6 +576,11 @@ def run_bench(
         results["first_click"] = bench_first_click(mobile, root, encoder_s, 1 if quick else 3)
         results["precompute"] = bench_precompute(mobile, work / "precompute", 2 if quick else 4)
         results["rle"] = bench_rle(n, 1 if quick else 3, rle_size)
+        others = (() if quick else tuple(OTHER_MODELS)) if models is None else models
+        if others:
+            photo = "photo-1024x768.jpg"
+            Image.fromarray(scene(1024, 768)).save(root / photo, quality=92)
+            results["models"] = bench_models(others, ckpts, root, photo, 3 if quick else 10, 1 if quick else 2)
     results["ratios"] = _ratios(results)
     results["meta"]["load_average_end"] = load_average()
     return results
@@ -517,6 +624,10 @@ def format_table(r: dict) -> str:
         for k in ("decode_torch", "decode_onnx"):
             if k in e:
                 rows.append((f"decode {size} {k[7:]} p50/p95", f"{e[k]['p50_ms']:.1f} / {e[k]['p95_ms']:.1f} ms"))
+        if "upscale" in e:
+            up = e["upscale"]
+            rows.append((f"  upscale to {size}: ours / postprocess_masks" + ("" if up["same_mask"] else " (DIFFER)"),
+                         f"{up['ours']['p50_ms']:.1f} / {up['official']['p50_ms']:.1f} ms"))
         rows.append((f"  brush RLE / box / polygons {size}",
                      f"{e['brush_rle']['p50_ms']:.1f} / {e['box']['p50_ms']:.2f} / {e['polygons']['p50_ms']:.1f} ms"))
     for size, e in r["http"].items():
@@ -533,6 +644,9 @@ def format_table(r: dict) -> str:
     pc = r["precompute"]
     rows.append(("precompute throughput", f"{pc['images_per_s_wall']:.2f} img/s"))
     rows.append((f"cached embedding on disk ({pc['dtype']})", f"{pc['bytes_per_embedding_on_disk'] / 1e6:.2f} MB"))
+    for name, e in r.get("models", {}).items():
+        rows.append((f"{name}: encoder 1024x768 / HTTP warm click p50",
+                     f"{e['encoder']['p50_ms']:.0f} / {e['http_click_1024x768']['p50_ms']:.0f} ms"))
     rle = r["rle"]
     sdk = rle.get("label_studio_sdk")
     rows.append(("brush RLE 4000x3000 ours / label_studio_sdk",
@@ -558,8 +672,23 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--decoder", choices=("auto", "torch"), default="auto",
                    help="auto: also time the ONNX Runtime decoder when onnxruntime is installed")
     p.add_argument("--workdir", type=Path, help="keep checkpoints and files here instead of a temp folder")
+    p.add_argument("--models", default=None, metavar="NAMES",
+                   help=f"comma-separated models to measure beside MobileSAM (encoder, warm click), from: "
+                        f"{', '.join(OTHER_MODELS)}; 'none' for none (default: all; none with --quick)")
     p.set_defaults(func=cmd_bench)
     return p
+
+
+def _model_names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in OTHER_MODELS]
+    if unknown:
+        from label_anything.errors import LabelAnythingError
+
+        raise LabelAnythingError(f"unknown bench model {unknown[0]!r}; choose from: {', '.join(OTHER_MODELS)}")
+    return names
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -571,7 +700,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for logger in quiet:
         logger.setLevel(logging.WARNING)
     try:
-        results = run_bench(quick=args.quick, workdir=args.workdir, decoder=args.decoder)
+        results = run_bench(quick=args.quick, workdir=args.workdir, decoder=args.decoder,
+                            models=_model_names(args.models))
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)

@@ -118,14 +118,14 @@ def precompute(
     from label_anything.engine import encode
 
     report = PrecomputeReport()
-    bar = tqdm(source, total=total, unit="img", desc="precompute", disable=not progress)
-    for name, load in bar:
-        try:
-            image, digest = load()
-        except LabelAnythingError as exc:
-            log.warning("%s: skipped (%s)", name, exc)
+    bar = tqdm(total=total, unit="img", desc="precompute", disable=not progress)
+    for name, loaded in loaded_ahead(source):
+        bar.update()
+        if isinstance(loaded, LabelAnythingError):
+            log.warning("%s: skipped (%s)", name, loaded)
             report.failed.append(name)
             continue
+        image, digest = loaded
         key = cache_key(model.info.model_id, digest)
         if cache.contains(key):
             report.cached += 1
@@ -135,7 +135,43 @@ def precompute(
         report.seconds += time.perf_counter() - t0
         report.encoded += 1
         bar.set_postfix(encoded=report.encoded, cached=report.cached)
+    bar.close()
     return report
+
+
+def loaded_ahead(source: ImageSource) -> Iterator[tuple[str, tuple[np.ndarray, str] | LabelAnythingError]]:
+    """``source``'s images loaded one ahead in a thread: the next file is read, decoded and hashed (or
+    downloaded) while the encoder, which already uses every core, works on this one.
+
+    Yields (name, (pixels, digest)) or (name, the LabelAnythingError that loading it raised).
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def load(fn: Callable[[], tuple[np.ndarray, str]]) -> tuple[np.ndarray, str] | LabelAnythingError:
+        try:
+            return fn()
+        except LabelAnythingError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute-load") as pool:
+        pending: tuple[str, Future] | None = None
+        source_error: BaseException | None = None
+        try:
+            for name, fn in source:
+                submitted = (name, pool.submit(load, fn))
+                if pending is not None:
+                    yield pending[0], pending[1].result()
+                pending = submitted
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            # the source failed (a Label Studio page, an interrupt): the image already loaded is still
+            # encoded and cached before the error goes on
+            source_error = exc
+        if pending is not None:
+            yield pending[0], pending[1].result()
+        if source_error is not None:
+            raise source_error
 
 
 def add_precompute_parser(subparsers) -> argparse.ArgumentParser:
@@ -161,20 +197,29 @@ def add_precompute_parser(subparsers) -> argparse.ArgumentParser:
                    help="read /data/local-files/ images from this folder [env LOCAL_FILES_DOCUMENT_ROOT]")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_arguments(p)
+    from label_anything.distributed import add_ray_arguments
+
+    add_ray_arguments(p)
+    from label_anything.engine.redis_cache import add_cache_url_arguments
+
+    add_cache_url_arguments(p.add_argument_group("shared cache"))
     p.set_defaults(func=cmd_precompute)
     return p
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
     from label_anything.cli import load_model_from_args
+    from label_anything.engine.redis_cache import shared_level_from_args
     from label_anything.engine.weights import default_cache_dir
 
-    model = load_model_from_args(args)
+    shared = shared_level_from_args(args)  # before the model loads: a malformed --cache-url fails at once
+    model = None if args.ray_address else load_model_from_args(args)  # with Ray, each worker loads its own
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    # Memory level off (64 MiB): every embedding goes to disk, the level ``serve`` reads at start.
-    cache = EmbeddingCache(max_memory_bytes=64 * 2**20, disk_dir=cache_dir / "embeddings")
-    if cache.disk_dir is None:
-        raise LabelAnythingError(f"{cache_dir / 'embeddings'} is not writable; precompute needs a disk cache")
+    # Small memory level (64 MiB): every embedding goes to disk (and Redis), the levels ``serve`` reads.
+    cache = EmbeddingCache(max_memory_bytes=64 * 2**20, disk_dir=cache_dir / "embeddings", shared=shared)
+    if cache.disk_dir is None and shared is None:
+        raise LabelAnythingError(f"{cache_dir / 'embeddings'} is not writable; precompute needs a disk cache "
+                                 "or --cache-url")
     fetcher = None
     if args.images is not None:
         names = list(folder_images(args.images))
@@ -186,16 +231,23 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         fetcher = ImageFetcher(args.label_studio_url, args.label_studio_api_key, args.local_files_root)
         source, total = project_images(args.project, fetcher), None
     try:
-        report = precompute(model, source, cache, progress=args.progress, total=total)
+        if model is None:
+            from label_anything.distributed import precompute_on_ray
+
+            report, model_id = precompute_on_ray(args, source, cache, total=total)
+        else:
+            report = precompute(model, source, cache, progress=args.progress, total=total)
+            model_id = model.info.model_id
     finally:
         if fetcher is not None:
             fetcher.close()
     print(json.dumps({
-        "model": model.info.model_id,
+        "model": model_id,
         "encoded": report.encoded,
         "already_cached": report.cached,
         "failed": report.failed,
         "images_per_s": round(report.images_per_s, 3),
         "cache": str(cache.disk_dir),
+        "shared_cache": shared.display_url if shared is not None else None,
     }))
     return 1 if report.failed and not (report.encoded or report.cached) else 0

@@ -214,3 +214,28 @@ def test_image_reference_with_a_url_prefix():
 
     assert image_reference("a b.jpg", Path("x"), local_files_root=None, url_prefix="https://h/i/") == "https://h/i/a%20b.jpg"
     assert image_reference("a.jpg", Path("x"), local_files_root=None, url_prefix="s3://bucket/") == "s3://bucket/a.jpg"
+
+
+def test_unreadable_images_and_images_without_a_usable_box(tmp_path):
+    """Both pass through untouched; only the unreadable file and the bad box are reported (classical engine:
+    no weights, so this runs in a blink)."""
+    from label_anything.engine import load_model
+
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(images_dir / "ok.png")
+    coco = {"images": [{"id": 1, "file_name": "ok.png"}, {"id": 2, "file_name": "missing.png"},
+                       {"id": 3, "file_name": "ok.png"}],
+            "annotations": [{"id": 1, "image_id": 1, "bbox": [5, 5, 20, 20]},
+                            {"id": 2, "image_id": 2, "bbox": [5, 5, 20, 20]},
+                            {"id": 3, "image_id": 3, "bbox": [5, 5, 0, 20]}]}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(coco))
+    out = tmp_path / "out.json"
+    report = boxes_to_masks(load_model("classical"), path, images_dir, out, progress=False)
+    assert report.images_done == 1 and report.boxes_done == 1
+    assert report.failed == ["ok.png: annotation 3 has no usable bbox [5, 5, 0, 20]", "missing.png"]
+    written = json.loads(out.read_text())["annotations"]
+    assert SCORE_FIELD in written[0] and written[1:] == coco["annotations"][1:]

@@ -62,3 +62,35 @@ def test_unreadable_image_is_reported_not_fatal(tmp_path, mobile_sam_model):
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     report = precompute(mobile_sam_model, folder_images(folder), EmbeddingCache(), progress=False)
     assert (report.encoded, report.failed) == (0, ["broken.jpg"])
+
+
+def test_next_image_loads_while_this_one_is_encoded():
+    import threading
+
+    from label_anything.errors import ImageError
+    from label_anything.precompute import loaded_ahead
+
+    second_loading = threading.Event()
+    threads: list[str] = []
+
+    def loader(i: int):
+        def load():
+            threads.append(threading.current_thread().name)
+            if i == 1:
+                second_loading.set()
+            if i == 2:
+                raise ImageError("broken file")
+            return np.full((2, 2, 3), i, np.uint8), f"digest{i}"
+
+        return load
+
+    source = ((f"img{i}", loader(i)) for i in range(3))
+    seen = []
+    for name, loaded in loaded_ahead(source):
+        if name == "img0":
+            # the consumer is still busy with the first image, and the second one is already loading
+            assert second_loading.wait(10)
+        seen.append((name, loaded if isinstance(loaded, ImageError) else loaded[1]))
+    assert [n for n, _ in seen] == ["img0", "img1", "img2"]
+    assert seen[1][1] == "digest1" and isinstance(seen[2][1], ImageError)
+    assert all(t.startswith("precompute-load") for t in threads)

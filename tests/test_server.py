@@ -237,7 +237,7 @@ def test_no_refine_answers_fresh(make_client, task, mobile_sam_model, embedding)
     assert_same_mask(brush_mask(by_type(prediction)["brushlabels"][0]), fresh)
 
 
-def test_open_task_answers_at_once_and_encodes_in_background(client, task, mobile_sam_model):
+def test_open_task_answers_at_once_and_encodes_in_background(client, task):
     body = {
         "tasks": [task, {"id": 8, "data": {"image": task["data"]["image"]}}],
         "project": "1.1",
@@ -247,9 +247,9 @@ def test_open_task_answers_at_once_and_encodes_in_background(client, task, mobil
     t0 = time.perf_counter()
     response = client.post("/predict", json=body)
     assert time.perf_counter() - t0 < 1.0
-    results = response.json()["results"]
-    assert [r["result"] for r in results] == [[], []]
-    assert all(r["model_version"] == mobile_sam_model.info.model_id for r in results)
+    # one empty list per task: Label Studio stores no prediction (no empty "<model> 0.00%" tab) and so
+    # calls /predict again on the next opening; no rectangles on these tasks, so nothing to suggest
+    assert response.json()["results"] == [[], []]
     backend = client.app.state.backend
     assert backend.wait_for_prefetch(60)
     assert len(backend.cache) == 1

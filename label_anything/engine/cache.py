@@ -1,9 +1,11 @@
-"""Embedding cache: memory (LRU, bounded by bytes), then disk (atomic files, bounded by bytes).
+"""Embedding cache: memory (LRU, bounded by bytes), then Redis (optional, shared by processes and
+machines; see redis_cache.py), then disk (atomic files, bounded by bytes).
 
 Keyed by (model id incl. weights digest, image content digest), so a cached embedding is never used
 with other weights or another picture. Features are stored as float16 by default: half the bytes,
 and the masks decoded from them are measured equal to the float32 ones (IoU >= 0.999, see tests).
-A damaged disk entry is recomputed, never trusted; a disk that fails degrades to memory only.
+A damaged disk or Redis entry is recomputed, never trusted; a disk that fails degrades to memory only,
+a Redis that fails is skipped (one warning) until it answers again.
 """
 
 from __future__ import annotations
@@ -15,15 +17,21 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from label_anything.engine.types import Embedding
+
+if TYPE_CHECKING:
+    from label_anything.engine.redis_cache import RedisLevel
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,15 @@ def embedding_from_bytes(data: bytes) -> Embedding:
     )
 
 
+def entry_for_key(key: str, data: bytes) -> Embedding:
+    """The embedding stored as ``data`` under ``key``; ValueError when damaged or another key's entry."""
+    embedding = embedding_from_bytes(data)
+    model_id, image_digest = key.split("/", 1)
+    if embedding.model_id != model_id or embedding.image_digest != image_digest:
+        raise ValueError("entry belongs to another key")
+    return embedding
+
+
 def to_storage_dtype(embedding: Embedding, dtype: np.dtype | type = np.float16) -> Embedding:
     """Floating arrays cast to ``dtype`` (integer arrays, e.g. a classical image, untouched)."""
     arrays = {
@@ -77,14 +94,26 @@ def to_storage_dtype(embedding: Embedding, dtype: np.dtype | type = np.float16) 
     return Embedding(embedding.model_id, embedding.image_digest, embedding.original_size, embedding.input_size, arrays)
 
 
+@dataclass
+class CacheStats:
+    """Where ``get``/``get_or_compute`` found embeddings, counted since the cache was made."""
+
+    memory: int = 0
+    shared: int = 0
+    disk: int = 0
+    computed: int = 0
+
+
 class EmbeddingCache:
-    """Thread-safe two-level cache with single-flight computation.
+    """Thread-safe cache (memory → Redis → disk) with single-flight computation.
 
     Args:
         max_memory_bytes: LRU budget in memory (array bytes).
-        disk_dir: folder for the disk level, or None for memory only.
+        disk_dir: folder for the disk level, or None for none.
         max_disk_bytes: budget on disk; oldest files go first.
         dtype: storage dtype of floating arrays (float16 halves the bytes; float32 keeps them exact).
+        shared: the Redis level (``redis_cache.RedisLevel``), or None. With it, an embedding computed by
+            one process is found by the others, and two processes missing the same image encode it once.
     """
 
     def __init__(
@@ -93,11 +122,14 @@ class EmbeddingCache:
         disk_dir: Path | None = None,
         max_disk_bytes: int = 4 * 2**30,
         dtype: np.dtype | type = np.float16,
+        shared: RedisLevel | None = None,
     ) -> None:
         self.max_memory_bytes = max_memory_bytes
         self.max_disk_bytes = max_disk_bytes
         self.dtype = dtype
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self.shared = shared
+        self.stats = CacheStats()
         self._memory: OrderedDict[str, Embedding] = OrderedDict()
         self._memory_bytes = 0
         self._inflight: dict[str, Future[Embedding]] = {}
@@ -115,29 +147,50 @@ class EmbeddingCache:
         return len(self._memory)
 
     def get(self, key: str) -> Embedding | None:
-        """The cached embedding, from memory or disk, or None."""
+        """The cached embedding, from memory, Redis or disk, or None."""
         with self._lock:
             hit = self._memory.get(key)
             if hit is not None:
                 self._memory.move_to_end(key)
+                self.stats.memory += 1
                 return hit
-        found = self._disk_read(key)
+        found = self._shared_read(key)
         if found is not None:
             self._memory_put(key, found)
+            return found
+        found = self._disk_read(key)
+        if found is not None:
+            self._count("disk")
+            self._memory_put(key, found)
+            if self.shared is not None:  # share what this machine had on disk with the other machines
+                self.shared.put(key, embedding_to_bytes(found))
         return found
 
     def contains(self, key: str) -> bool:
-        """True when an entry is in memory or on disk (does not load it)."""
+        """True when an entry is in memory, Redis or on disk (does not load it)."""
         with self._lock:
             if key in self._memory:
                 return True
-        return self.disk_dir is not None and self._path(key).is_file()
+        if self.shared is not None and self.shared.contains(key):
+            return True
+        on_disk = self.disk_dir is not None and self._path(key).is_file()
+        if on_disk and self.shared is not None:
+            # e.g. ``precompute --cache-url`` over images encoded before: Redis gets them too
+            found = self._disk_read(key)
+            if found is None:
+                return False  # damaged (and removed)
+            self.shared.put(key, embedding_to_bytes(found))
+        return on_disk
 
     def put(self, key: str, embedding: Embedding) -> Embedding:
-        """Store (in the storage dtype) and return the stored value."""
+        """Store (in the storage dtype) in every level and return the stored value."""
         stored = to_storage_dtype(embedding, self.dtype)
         self._memory_put(key, stored)
-        self._disk_write(key, stored)
+        if self.shared is not None or self.disk_dir is not None:
+            data = embedding_to_bytes(stored)
+            if self.shared is not None:
+                self.shared.put(key, data)
+            self._disk_write(key, data)
         return stored
 
     def get_or_compute(self, key: str, compute: Callable[[], Embedding]) -> Embedding:
@@ -159,7 +212,7 @@ class EmbeddingCache:
         if not owner:
             return future.result()
         try:
-            result = self.put(key, compute())
+            result = self._compute_once(key, compute)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -169,6 +222,38 @@ class EmbeddingCache:
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
+
+    def _compute_once(self, key: str, compute: Callable[[], Embedding]) -> Embedding:
+        """``compute()`` and store it, unless another process sharing Redis is computing ``key``: then
+        its result (or our own, when that process gives up)."""
+        if self.shared is None:
+            return self._computed(key, compute)
+        claim = self.shared.claim(key)
+        try:
+            if not claim.mine:
+                log.info("embedding %s is being computed by another process; waiting for it", _short(key))
+                found = self._shared_entry(key, self.shared.wait_for(key))
+                if found is not None:
+                    self._memory_put(key, found)
+                    return found
+            else:
+                # the holder before us may have stored it between our miss and our claim
+                found = self._shared_read(key)
+                if found is not None:
+                    self._memory_put(key, found)
+                    return found
+            return self._computed(key, compute)
+        finally:
+            claim.release()
+
+    def _computed(self, key: str, compute: Callable[[], Embedding]) -> Embedding:
+        result = self.put(key, compute())
+        self._count("computed")
+        return result
+
+    def _count(self, level: str) -> None:
+        with self._lock:
+            setattr(self.stats, level, getattr(self.stats, level) + 1)
 
     def clear_memory(self) -> None:
         with self._lock:
@@ -189,6 +274,30 @@ class EmbeddingCache:
             while self._memory_bytes > self.max_memory_bytes and self._memory:
                 _, evicted = self._memory.popitem(last=False)
                 self._memory_bytes -= evicted.nbytes
+
+    # -- shared level (Redis) ----------------------------------------------------------------------
+    def _shared_read(self, key: str) -> Embedding | None:
+        if self.shared is None:
+            return None
+        t0 = time.perf_counter()
+        found = self._shared_entry(key, self.shared.get(key))
+        if found is not None:
+            log.info("embedding %s loaded from the shared cache (Redis) in %.0f ms",
+                     _short(key), (time.perf_counter() - t0) * 1e3)
+        return found
+
+    def _shared_entry(self, key: str, data: bytes | None) -> Embedding | None:
+        """``data`` read from Redis as the entry of ``key``; a damaged entry is deleted (and recomputed)."""
+        if data is None or self.shared is None:
+            return None
+        try:
+            found = entry_for_key(key, data)
+        except ValueError as exc:
+            log.warning("embedding cache: the Redis entry of %s is damaged (%s); recomputing", _short(key), exc)
+            self.shared.delete(key)
+            return None
+        self._count("shared")
+        return found
 
     # -- disk level --------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
@@ -218,10 +327,7 @@ class EmbeddingCache:
             log.warning("embedding cache: cannot read %s (%s); recomputing", path, exc.strerror or exc)
             return None
         try:
-            embedding = embedding_from_bytes(data)
-            model_id, image_digest = key.split("/", 1)
-            if embedding.model_id != model_id or embedding.image_digest != image_digest:
-                raise ValueError("entry belongs to another key")
+            embedding = entry_for_key(key, data)
         except ValueError as exc:
             log.warning("embedding cache: %s is damaged (%s); recomputing", path.name, exc)
             path.unlink(missing_ok=True)
@@ -230,11 +336,11 @@ class EmbeddingCache:
             os.utime(path)  # recently used: evicted last
         return embedding
 
-    def _disk_write(self, key: str, embedding: Embedding) -> None:
+    def _disk_write(self, key: str, data: bytes) -> None:
+        """Write the serialized entry ``data`` of ``key``."""
         if self.disk_dir is None:
             return
         path = self._path(key)
-        data = embedding_to_bytes(embedding)
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,3 +375,9 @@ class EmbeddingCache:
                     break
                 p.unlink(missing_ok=True)
                 total -= size
+
+
+def _short(key: str) -> str:
+    """``model/digest`` shortened for a log line: the model id and the digest's first 12 characters."""
+    model_id, _, digest = key.partition("/")
+    return f"{model_id}/{digest[:12]}"

@@ -22,6 +22,7 @@ import torch
 
 from label_anything.engine.prompts import Prompt
 from label_anything.engine.types import Embedding, ModelInfo, Segmentation
+from label_anything.engine.upscale import upscale_to_mask
 from label_anything.errors import LabelAnythingError
 
 SAM2_CONFIGS = ("tiny", "small", "base_plus", "large")
@@ -175,12 +176,24 @@ class Sam2Model:
         if keep == "best" and len(iou) > 1:
             i = int(torch.argmax(iou))
             low_res, iou = low_res[i : i + 1], iou[i : i + 1]
-        masks = torch.nn.functional.interpolate(low_res[None].float(), (h, w), mode="bilinear", align_corners=False)
         return Segmentation(
-            masks=(masks[0] > self.mask_threshold).cpu().numpy(),
+            masks=self._masks(low_res, (h, w)),
             scores=iou.float().cpu().numpy(),
             low_res_logits=torch.clamp(low_res, -32.0, 32.0).float().cpu().numpy(),
         )
+
+    def _masks(self, low_res: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """(C, 256, 256) logits → (C, H, W) bool, upscaled straight to the image size as Meta's predictor does.
+
+        On the CPU only the window around the object is upscaled (``upscale.upscale_to_mask``).
+        """
+        if self.device.type == "cpu" and self.mask_threshold == 0.0:
+            masks = np.zeros((low_res.shape[0], *size), dtype=bool)
+            for channel, mask in zip(low_res.float(), masks, strict=True):
+                upscale_to_mask(channel, size, out=mask)
+            return masks
+        masks = torch.nn.functional.interpolate(low_res[None].float(), size, mode="bilinear", align_corners=False)
+        return (masks[0] > self.mask_threshold).cpu().numpy()
 
     def _scale(self, xy: torch.Tensor, w: int, h: int) -> torch.Tensor:
         """Pixels of the original image → the model's 1024 × 1024 input frame (``transform_coords``)."""

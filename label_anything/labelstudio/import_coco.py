@@ -1,4 +1,5 @@
-"""``label-anything import-coco``: a COCO file (boxes, masks) → a Label Studio tasks file to review.
+"""``label-anything import-coco``: a COCO file (boxes, masks) → Label Studio tasks to review, written to a
+file or created in a project of a running Label Studio (``--project``).
 
 Each COCO image becomes one task whose ``data[DATA_KEY]`` points at the image, and whose annotations
 become one *prediction*: a ``rectanglelabels`` region per ``bbox`` and a ``brushlabels`` region per
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -24,7 +26,9 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from label_anything.errors import LabelAnythingError
+from label_anything.labelstudio.config import parse_label_config
 from label_anything.labelstudio.context import pixels_to_percent
+from label_anything.labelstudio.project import LabelStudioClient
 from label_anything.labelstudio.rle import brush_rle_encode
 from label_anything.masks import coco_rle_to_mask, polygons_to_mask
 
@@ -72,20 +76,22 @@ def _region(control: str, to_name: str, type_: str, value: dict, width: int, hei
 
 
 def annotation_regions(
-    ann: dict[str, Any], label: str, width: int, height: int, *, box_control: str, brush_control: str, to_name: str
+    ann: dict[str, Any], label: str, width: int, height: int, *, box_control: str | None, brush_control: str | None,
+    to_name: str
 ) -> list[dict]:
-    """Label Studio result regions of one COCO annotation: its box and, when it has one, its mask."""
+    """Label Studio result regions of one COCO annotation: its box and, when it has one, its mask (a control
+    of None leaves that kind of region out)."""
     score = ann.get("mask_score", ann.get("score"))
     score = None if score is None else float(score)
     regions = []
     bbox = ann.get("bbox")
-    if isinstance(bbox, list) and len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0:
+    if box_control is not None and isinstance(bbox, list) and len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0:
         x, y, w, h = (float(v) for v in bbox)
         value = {"x": pixels_to_percent(x, width), "y": pixels_to_percent(y, height),
                  "width": pixels_to_percent(w, width), "height": pixels_to_percent(h, height),
                  "rotation": 0, "rectanglelabels": [label]}
         regions.append(_region(box_control, to_name, "rectanglelabels", value, width, height, score))
-    mask = segmentation_to_mask(ann.get("segmentation"), height, width)
+    mask = segmentation_to_mask(ann.get("segmentation"), height, width) if brush_control is not None else None
     if mask is not None and mask.any():
         value = {"format": "rle", "rle": brush_rle_encode(mask), "brushlabels": [label]}
         regions.append(_region(brush_control, to_name, "brushlabels", value, width, height, score))
@@ -100,8 +106,8 @@ def coco_to_tasks(
     url_prefix: str = "",
     data_key: str = "image",
     to_name: str = "image",
-    box_control: str = "label",
-    brush_control: str = "brush",
+    box_control: str | None = "label",
+    brush_control: str | None = "brush",
     model_version: str = "coco-import",
 ) -> list[dict]:
     """Label Studio import tasks (one per COCO image) with the image's boxes and masks as one prediction.
@@ -148,48 +154,157 @@ def label_config_for(categories: list[str], *, to_name: str = "image", data_key:
             f"{labels}\n  </BrushLabels>\n</View>\n")
 
 
+# -- into a running Label Studio ----------------------------------------------------------------------
+def names_from_label_config(xml: str, to_name: str, categories: list[str]) -> dict[str, str | None]:
+    """``coco_to_tasks``'s naming arguments that fit a project's label config: the Image object (``to_name``,
+    else the config's only one), its data key, and the RectangleLabels / BrushLabels controls on it, found by
+    type and ``toName`` (None for a control the config lacks; those regions are left out).
+
+    Raises LabelAnythingError when the config has no such image or neither control, or when a COCO category
+    is not a label of a control (Label Studio does not check predictions against the config: such regions
+    would fail silently in the labeling screen).
+    """
+    config = parse_label_config(xml)
+    if to_name not in config.images and len(config.images) == 1:
+        to_name = next(iter(config.images))
+    data_key = config.image_key(to_name)
+    controls = {t: config.output_control(t, to_name) for t in ("rectanglelabels", "brushlabels")}
+    if not any(controls.values()):
+        raise LabelAnythingError(
+            f"the project's label config has no RectangleLabels or BrushLabels control with toName={to_name!r}; "
+            "add them (import-coco --label-config CONFIG.xml writes a config that fits)"
+        )
+    for control in controls.values():
+        missing = [c for c in categories if control is not None and c not in control.labels]
+        if missing:
+            raise LabelAnythingError(
+                f"COCO categories {', '.join(map(repr, missing))} are not labels of <{control.type}> control "
+                f"{control.name!r} in the project; add them to its label config"
+            )
+    box, brush = controls["rectanglelabels"], controls["brushlabels"]
+    return {"data_key": data_key, "to_name": to_name, "box_control": box.name if box else None,
+            "brush_control": brush.name if brush else None}
+
+
+def ensure_image_storage(client: LabelStudioClient, project_id: int, images_dir: Path) -> dict | None:
+    """A local-files storage of the project covering ``images_dir``, created (never synced) when missing.
+
+    Label Studio serves ``/data/local-files/`` only from folders some local-files storage names. Syncing
+    this storage would import the images a second time as tasks without predictions. Returns the created
+    storage, or None when one already covered the folder.
+    """
+    folder = Path(os.path.abspath(images_dir))
+    for storage in client.local_storages(project_id):
+        path = Path(os.path.abspath(storage.get("path") or "/nonexistent"))
+        if folder == path or path in folder.parents:
+            return None
+    return client.add_local_storage(project_id, folder, f"import-coco {folder.name} (serves images; do not sync)")
+
+
+def import_into_project(
+    coco: dict[str, Any],
+    images_dir: Path,
+    client: LabelStudioClient,
+    project_ref: str,
+    *,
+    local_files_root: Path | None,
+    url_prefix: str,
+    to_name: str = "image",
+) -> dict[str, Any]:
+    """Create one task per COCO image in the project ``project_ref`` (id or title), boxes and masks as its
+    prediction, named after the project's own controls. Returns a summary for the user."""
+    client.check_access()
+    project = client.find_project(project_ref)
+    categories = [str(c.get("name", c["id"])) for c in coco.get("categories", [])]
+    names = names_from_label_config(project.get("label_config") or "", to_name, categories)
+    tasks = coco_to_tasks(coco, images_dir, local_files_root=local_files_root, url_prefix=url_prefix, **names)
+    storage = ensure_image_storage(client, project["id"], images_dir) if local_files_root is not None else None
+    totals = client.import_tasks(project["id"], tasks)
+    summary: dict[str, Any] = {"project": project["id"], "title": project.get("title"), **totals,
+                               "regions": _region_count(tasks)}
+    if storage is not None:
+        summary["storage_created"] = storage.get("id")
+    return summary
+
+
+def _region_count(tasks: list[dict]) -> int:
+    return sum(len(t.get("predictions", [{}])[0].get("result", [])) for t in tasks)
+
+
 # -- command line ------------------------------------------------------------------------------------
 def add_import_coco_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything import-coco`` to the CLI's sub-commands."""
+    env = os.environ.get
     p = subparsers.add_parser(
         "import-coco",
-        help="turn a COCO file (boxes, masks) into a Label Studio tasks file with predictions to review",
-        description="Write a Label Studio import JSON: one task per COCO image, its boxes (rectanglelabels) and "
-        "masks (brushlabels) as predictions. Import it in a project whose label config has the same control "
-        "names (--label-config writes one).",
+        help="bring a COCO file (boxes, masks) into Label Studio as tasks with predictions to review",
+        description="One Label Studio task per COCO image, its boxes (rectanglelabels) and masks (brushlabels) as "
+        "a prediction. --project ID|NAME creates the tasks in a project of a running Label Studio, named after "
+        "that project's own RectangleLabels/BrushLabels controls (found by type and toName). --out writes an "
+        "import JSON instead (or too), for a project whose label config has the control names given here "
+        "(--label-config writes one).",
     )
     p.add_argument("coco", type=Path, metavar="COCO.json")
     p.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder the file_name fields are in")
-    p.add_argument("--out", type=Path, required=True, metavar="TASKS.json")
+    p.add_argument("--out", type=Path, metavar="TASKS.json", help="write the tasks to this file")
+    ls = p.add_argument_group("into a running Label Studio")
+    ls.add_argument("--project", metavar="ID|NAME", help="create the tasks in this project (its id or exact title)")
+    ls.add_argument("--label-studio-url", default=env("LABEL_STUDIO_URL"),
+                    help="Label Studio's URL [env LABEL_STUDIO_URL]")
+    ls.add_argument("--label-studio-api-key", default=env("LABEL_STUDIO_API_KEY"),
+                    help="personal access token (or legacy token) [env LABEL_STUDIO_API_KEY]")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--local-files-root", type=Path, default=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT"),
                        help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: images become /data/local-files/?d=<path "
-                            "relative to it> [env LOCAL_FILES_DOCUMENT_ROOT]")
+                            "relative to it>; with --project, a local-files storage of DIR is added to the project "
+                            "when none covers it, so Label Studio serves them (not synced: do not sync it) "
+                            "[env LOCAL_FILES_DOCUMENT_ROOT]")
     where.add_argument("--url-prefix", default="",
                        help="else: prefix put before each file_name (e.g. https://host/images/ or s3://bucket/)")
-    p.add_argument("--data-key", default="image", help="task data key ($image in the config; default: %(default)s)")
-    p.add_argument("--to-name", default="image", help="name of the Image tag (default: %(default)s)")
-    p.add_argument("--box-control", default="label", help="RectangleLabels name (default: %(default)s)")
-    p.add_argument("--brush-control", default="brush", help="BrushLabels name (default: %(default)s)")
-    p.add_argument("--label-config", type=Path, metavar="CONFIG.xml", help="also write a matching label config")
+    p.add_argument("--data-key", default="image",
+                   help="--out: task data key ($image in the config; default: %(default)s)")
+    p.add_argument("--to-name", default="image",
+                   help="name of the Image tag (with --project: when the project has several; default: %(default)s)")
+    p.add_argument("--box-control", default="label", help="--out: RectangleLabels name (default: %(default)s)")
+    p.add_argument("--brush-control", default="brush", help="--out: BrushLabels name (default: %(default)s)")
+    p.add_argument("--label-config", type=Path, metavar="CONFIG.xml", help="--out: also write a matching label config")
     p.set_defaults(func=cmd_import_coco)
     return p
 
 
 def cmd_import_coco(args: argparse.Namespace) -> int:
+    if args.out is None and args.project is None:
+        raise LabelAnythingError("say where the tasks go: --project ID|NAME, --out TASKS.json, or both")
+    if args.project is not None and not (args.label_studio_url and args.label_studio_api_key):
+        raise LabelAnythingError(
+            "--project needs Label Studio's URL and an API key: --label-studio-url / LABEL_STUDIO_URL and "
+            "--label-studio-api-key / LABEL_STUDIO_API_KEY"
+        )
     try:
         coco = json.loads(Path(args.coco).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise LabelAnythingError(f"cannot read COCO file {args.coco}: {exc}") from None
-    names = dict(data_key=args.data_key, to_name=args.to_name, box_control=args.box_control,
-                 brush_control=args.brush_control)
-    tasks = coco_to_tasks(coco, args.images, local_files_root=args.local_files_root, url_prefix=args.url_prefix,
-                          **names)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(tasks), encoding="utf-8")
-    if args.label_config:
-        categories = [str(c.get("name", c["id"])) for c in coco.get("categories", [])]
-        args.label_config.write_text(label_config_for(categories, **names), encoding="utf-8")
-    n_regions = sum(len(t.get("predictions", [{}])[0].get("result", [])) for t in tasks)
-    print(json.dumps({"out": str(args.out), "tasks": len(tasks), "regions": n_regions}))
+    summary: dict[str, Any] = {}
+    if args.out is not None:
+        names = dict(data_key=args.data_key, to_name=args.to_name, box_control=args.box_control,
+                     brush_control=args.brush_control)
+        tasks = coco_to_tasks(coco, args.images, local_files_root=args.local_files_root,
+                              url_prefix=args.url_prefix, **names)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(tasks), encoding="utf-8")
+        if args.label_config:
+            categories = [str(c.get("name", c["id"])) for c in coco.get("categories", [])]
+            args.label_config.write_text(label_config_for(categories, **names), encoding="utf-8")
+        summary.update(out=str(args.out), tasks=len(tasks), regions=_region_count(tasks))
+    if args.project is not None:
+        # one INFO line per REST call would bury the summary
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+        client = LabelStudioClient(args.label_studio_url, args.label_studio_api_key)
+        try:
+            summary.update(import_into_project(coco, args.images, client, args.project,
+                                               local_files_root=args.local_files_root, url_prefix=args.url_prefix,
+                                               to_name=args.to_name))
+        finally:
+            client.close()
+    print(json.dumps(summary))
     return 0

@@ -217,21 +217,85 @@ def wait_http(
 
 
 # -- REST client -------------------------------------------------------------------------------------
+class _ApiKeyAuth(httpx.Auth):
+    """``Authorization`` from an API key: a legacy key as ``Token <key>``; a personal access token (a JWT
+    refresh token) exchanged for a short-lived access token, sent as ``Bearer`` (``images.LabelStudioAuth``)."""
+
+    def __init__(self, url: str, token: str, timeout: float) -> None:
+        from label_anything.labelstudio.images import LabelStudioAuth
+
+        self._refresher = httpx.Client(timeout=timeout)
+        self._auth = LabelStudioAuth(url, token, self._refresher)
+
+    def auth_flow(self, request: httpx.Request):
+        request.headers["Authorization"] = self._auth.header()
+        yield request
+
+    def close(self) -> None:
+        self._refresher.close()
+
+
 @dataclass
 class LabelStudioClient:
-    """The few Label Studio REST calls a local project needs, with a legacy token."""
+    """The few Label Studio REST calls a local project needs, with a legacy token or a personal access token."""
 
     url: str
     token: str
     timeout: float = 120.0
 
     def __post_init__(self) -> None:
-        self.api = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Token {self.token}"}, timeout=self.timeout
-        )
+        self._auth = _ApiKeyAuth(self.url, self.token, self.timeout)
+        self.api = httpx.Client(base_url=self.url, auth=self._auth, timeout=self.timeout)
 
     def close(self) -> None:
         self.api.close()
+        self._auth.close()
+
+    def check_access(self) -> dict:
+        """The current user; a clear LabelStudioError when Label Studio cannot be reached or refuses the key."""
+        try:
+            response = self.api.get("/api/current-user/whoami")
+        except LabelAnythingError as exc:  # a personal access token Label Studio would not refresh
+            raise LabelStudioError(f"Label Studio at {self.url} refused the API key: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise LabelStudioError(f"cannot reach Label Studio at {self.url} ({exc})") from None
+        if response.status_code in (401, 403):
+            raise LabelStudioError(
+                f"Label Studio at {self.url} refused the API key (HTTP {response.status_code}): give your personal "
+                "access token (Account & Settings), or a legacy token where legacy tokens are enabled, with "
+                "--label-studio-api-key or LABEL_STUDIO_API_KEY"
+            )
+        if response.status_code != 200:
+            raise LabelStudioError(f"Label Studio at {self.url}: GET /api/current-user/whoami → "
+                                   f"{response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def find_project(self, ref: str) -> dict:
+        """The project ``ref`` names: its id, else its exact title. LabelStudioError when there is none, or
+        when several projects share that title."""
+        if ref.strip().isdigit():
+            found = self.project(int(ref))
+            if found is not None:
+                return found
+        matches = [p for p in self.projects() if p.get("title") == ref]
+        if len(matches) == 1:
+            return self.project(matches[0]["id"]) or matches[0]
+        if len(matches) > 1:
+            ids = ", ".join(str(p["id"]) for p in matches)
+            raise LabelStudioError(f"{len(matches)} projects are titled {ref!r} (ids {ids}); give the id")
+        raise LabelStudioError(f"Label Studio at {self.url} has no project with id or title {ref!r}")
+
+    def import_tasks(self, project_id: int, tasks: list[dict], batch: int = 200) -> dict[str, int]:
+        """Create ``tasks`` (Label Studio import JSON, predictions included) in the project, ``batch`` per call.
+
+        Returns the totals Label Studio reports: ``{"task_count", "prediction_count"}``.
+        """
+        totals = {"task_count": 0, "prediction_count": 0}
+        for start in range(0, len(tasks), batch):
+            answer = self.call("POST", f"/api/projects/{project_id}/import", json=tasks[start : start + batch])
+            for key in totals:
+                totals[key] += int((answer or {}).get(key) or 0)
+        return totals
 
     def call(self, method: str, path: str, ok: Sequence[int] = (200, 201, 204), **kwargs: Any) -> Any:
         """One call; a status outside ``ok`` raises ``LabelStudioError`` with Label Studio's message."""

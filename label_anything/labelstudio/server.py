@@ -46,6 +46,7 @@ from label_anything.labelstudio.images import (
 )
 from label_anything.labelstudio.results import OutputError, OutputOptions, mask_results, output_controls
 from label_anything.labelstudio.state import RefineMemory
+from label_anything.labelstudio.task_boxes import is_rotated, rectangle_click, rectangle_label, task_rectangles
 
 log = logging.getLogger("label_anything.server")
 
@@ -80,12 +81,19 @@ class ServeOptions:
         refine: feed the previous answer's logits back when the user adds points to the same object.
         basic_auth: (user, password) Label Studio must send, or None.
         prefetch: encode images of opened tasks in the background.
+        boxes_to_masks: answer a ``/predict`` without context ("Retrieve predictions", a task opened) on a
+            task that holds rectangles with one mask per rectangle, under its label.
+        boxes_seconds: stop starting new tasks of one such request after this long, answering the rest
+            with no prediction (a rerun of "Retrieve predictions" picks them up): Label Studio sends the
+            whole selection in one request and drops every answer after ML_TIMEOUT_PREDICT (100 s).
     """
 
     outputs: OutputOptions = field(default_factory=OutputOptions)
     refine: bool = True
     basic_auth: tuple[str, str] | None = None
     prefetch: bool = True
+    boxes_to_masks: bool = True
+    boxes_seconds: float = 60.0
 
 
 class Backend:
@@ -144,14 +152,104 @@ class Backend:
         context = params.get("context") if isinstance(params, dict) else None
         config = self._label_config(body)
         if not context:
-            # A task was opened (or "retrieve predictions"): answer at once, encode in the background.
-            if self.options.prefetch:
-                for task in tasks:
-                    self._schedule_prefetch(task, config)
-            return {"results": [self._prediction([], 0.0) for _ in tasks]}
+            return {"results": self.batch(tasks, config)}
         if len(tasks) != 1:
             raise RequestError(f"an interactive request has one task, got {len(tasks)}")
         return {"results": [self.interactive(tasks[0], config, context)]}
+
+    def batch(self, tasks: list[dict], config: LabelConfig) -> list[dict | list]:
+        """Answer a ``/predict`` without context: "Retrieve predictions" on a selection, or a task opened.
+
+        One item per task, in task order (Label Studio pairs them by position): a prediction with one mask
+        per rectangle the task already holds (``--boxes-to-masks``), else ``[]``. Seen on Label Studio
+        1.23.2: an item that is an empty list stores no prediction for its task and logs nothing, so the
+        next opening of the task calls ``/predict`` again (our cue to encode its image in the background).
+        An empty prediction instead is stored and shown as an empty "<model> 0.00%" tab, and the task is
+        never sent again; ``{"results": []}`` also stores nothing but is logged as an error, and cannot
+        answer a selection where only some tasks have boxes.
+        """
+        t0 = time.perf_counter()
+        answers: list[dict | list] = []
+        done = left = 0
+        for task in tasks:
+            source, rectangles = task_rectangles(task) if self.options.boxes_to_masks else ("", [])
+            # at least one task per request, so even a slow model makes progress on every rerun
+            if rectangles and done and time.perf_counter() - t0 > self.options.boxes_seconds:
+                left += 1
+                answers.append([])
+                continue
+            done += bool(rectangles)
+            answer = self._boxes_to_masks(task, config, source, rectangles) if rectangles else None
+            if answer is None:
+                # a task with boxes had its image fetched (and encoded) just now, or it failed to load
+                if self.options.prefetch and not rectangles:
+                    self._schedule_prefetch(task, config)
+                answers.append([])
+            else:
+                answers.append(answer)
+        if left:
+            log.warning(
+                "%d task(s) with boxes left without masks after %.0f s (Label Studio gives up at 100 s); "
+                "run 'Retrieve predictions' again for them",
+                left,
+                time.perf_counter() - t0,
+            )
+        return answers
+
+    def _boxes_to_masks(self, task: dict, config: LabelConfig, source: str, rectangles: list[dict]) -> dict | None:
+        """One prediction for ``task``: a mask (brush / polygons / box, per the outputs) for each rectangle,
+        prompted by the rectangle's box, under its label. None when no rectangle gave a mask.
+
+        Problems are logged, not raised: one bad task or box must not cost the rest of a selection
+        its masks (Label Studio throws the whole answer away on an error status).
+        """
+        task_id = task.get("id")
+        t0 = time.perf_counter()
+        results: list[dict] = []
+        scores: list[float] = []
+        images: dict[str, tuple[Any, str]] = {}  # to_name → (image, digest); each encoded once, via the cache
+        for region in rectangles:
+            to_name = str(region.get("to_name") or "")
+            label = rectangle_label(region)
+            if is_rotated(region):
+                log.info("task %s: rotated rectangle %s %r skipped (a box prompt is axis-aligned)",
+                         task_id, region.get("id"), label)
+                continue
+            try:
+                if to_name not in images:
+                    images[to_name] = self._task_image(task, config, to_name)
+                image, digest = images[to_name]
+                height, width = image.shape[:2]
+                box = rectangle_click(region, width, height)
+                if (box.height, box.width) != (height, width):
+                    raise ImageError(
+                        f"the image decodes to {width}x{height} but its rectangles were drawn on "
+                        f"{box.width}x{box.height} (EXIF orientation or a changed file?)"
+                    )
+                controls = output_controls(config, box, self.options.outputs)  # before the encoder runs
+                mask, score, _ = decode(self.model, self._embedding(image, digest), box.prompt()).best()
+            except (ContextError, OutputError, PromptError) as exc:
+                log.warning("task %s: rectangle %s %r skipped: %s", task_id, region.get("id"), label, exc)
+                continue
+            except LabelAnythingError as exc:
+                log.warning("task %s: no masks from its boxes: %s", task_id, exc)
+                return None
+            regions = mask_results(mask, score, box, controls, self.options.outputs)
+            if regions:
+                results.extend(regions)
+                scores.append(float(score))
+        log.info(
+            "task %s: %d box(es) of its %s → %d mask(s), %d region(s) in %.0f ms",
+            task_id,
+            len(rectangles),
+            source,
+            len(scores),
+            len(results),
+            (time.perf_counter() - t0) * 1e3,
+        )
+        if not results:
+            return None
+        return self._prediction(results, sum(scores) / len(scores))
 
     def interactive(self, task: dict, config: LabelConfig, context: Any) -> dict:
         """Answer one click: the prediction for ``task`` (one mask, as brush/box/polygons)."""
@@ -454,6 +552,14 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         help="refine the previous mask when points are added to the same object "
         "[env LABEL_ANYTHING_REFINE; default: on]",
     )
+    out.add_argument(
+        "--boxes-to-masks",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("LABEL_ANYTHING_BOXES_TO_MASKS", True),
+        help="'Retrieve predictions' (and opening a task) on tasks that hold rectangles, in their newest "
+        "annotation or else a prediction: answer one mask per rectangle, its box as the prompt, under its "
+        "label [env LABEL_ANYTHING_BOXES_TO_MASKS; default: on]",
+    )
     net = p.add_argument_group("server")
     net.add_argument(
         "--host",
@@ -510,19 +616,31 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         "--embedding-cache-mb",
         type=int,
         default=int(env("LABEL_ANYTHING_EMBEDDING_CACHE_MB", "1024")),
-        help="memory for image embeddings [env LABEL_ANYTHING_EMBEDDING_CACHE_MB; default: %(default)s]",
+        help="memory for image embeddings, per worker [env LABEL_ANYTHING_EMBEDDING_CACHE_MB; default: %(default)s]",
     )
+    net.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=env(WORKERS_ENV) or "1",
+        help="backend processes answering on one port, each with its own model, memory cache and share of "
+        "the CPU cores. They share embeddings through the disk cache in --cache-dir (one machine) or "
+        f"through Redis with --cache-url [env {WORKERS_ENV}; default: %(default)s]",
+    )
+    from label_anything.engine.redis_cache import add_cache_url_arguments
+
+    add_cache_url_arguments(net)
     p.set_defaults(func=cmd_serve)
     return p
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+WORKERS_ENV = "LABEL_ANYTHING_WORKERS"
+WORKER_OPTIONS_ENV = "LABEL_ANYTHING_SERVE_OPTIONS"
+"""How ``serve --workers N`` hands its parsed options to the worker processes uvicorn spawns (JSON)."""
 
-    from label_anything.cli import load_model_from_args
-    from label_anything.engine.weights import default_cache_dir
 
-    basic_auth = args.basic_auth
+def _serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The non-model options of ``serve``; raises LabelAnythingError when they cannot work."""
+    basic_auth = tuple(args.basic_auth) if args.basic_auth else None
     if basic_auth is None and os.environ.get("LABEL_ANYTHING_BASIC_AUTH"):
         basic_auth = _basic_auth(os.environ["LABEL_ANYTHING_BASIC_AUTH"])
     outputs = OutputOptions(
@@ -536,10 +654,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise LabelAnythingError(
             "every output is off: enable at least one of --out-mask, --out-bbox, --out-poly"
         )
+    return ServeOptions(
+        outputs=outputs, refine=args.refine, basic_auth=basic_auth, boxes_to_masks=args.boxes_to_masks
+    )
+
+
+def build_backend(args: argparse.Namespace) -> Backend:
+    """The backend ``serve``'s options describe: loads the model, opens the caches and the image fetcher."""
+    from label_anything.cli import load_model_from_args
+    from label_anything.engine.redis_cache import shared_level_from_args
+    from label_anything.engine.weights import default_cache_dir
+
+    options = _serve_options(args)
+    shared = shared_level_from_args(args)
     model = load_model_from_args(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     cache = EmbeddingCache(
-        max_memory_bytes=args.embedding_cache_mb * 2**20, disk_dir=cache_dir / "embeddings"
+        max_memory_bytes=args.embedding_cache_mb * 2**20, disk_dir=cache_dir / "embeddings", shared=shared
     )
     hosts = allowed_image_hosts(args)
     fetcher = ImageFetcher(
@@ -551,24 +682,94 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # httpx logs every request URL at INFO; presigned URLs carry credentials in their query string
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
-    backend = Backend(
-        model, fetcher, cache, ServeOptions(outputs=outputs, refine=args.refine, basic_auth=basic_auth)
-    )
+    backend = Backend(model, fetcher, cache, options)
     log.info(
-        "serving %s at http://%s:%d (outputs: %s; refine %s; basic auth %s; image hosts: Label Studio%s)",
+        "serving %s at http://%s:%d (outputs: %s; refine %s; basic auth %s; image hosts: Label Studio%s; "
+        "embeddings: memory, %s%s)",
         backend.model_version,
         args.host,
         args.port,
-        ", ".join(outputs.types()),
+        ", ".join(options.outputs.types()),
         "on" if args.refine else "off",
-        "on" if basic_auth else "off",
+        "on" if options.basic_auth else "off",
         "".join(f", {h}" for h in hosts),
+        f"Redis at {shared.display_url}, " if shared is not None else "",
+        cache.disk_dir or "no disk",
     )
+    return backend
+
+
+def _options_to_env(args: argparse.Namespace) -> str:
+    """``args`` as JSON for the workers (paths remembered as paths; the sub-command function left out)."""
+    import json
+
+    values = {k: v for k, v in vars(args).items() if not callable(v)}
+    paths = [k for k, v in values.items() if isinstance(v, Path)]
+    return json.dumps({"args": values, "paths": paths}, default=str)
+
+
+def _options_from_env(text: str) -> argparse.Namespace:
+    import json
+
+    data = json.loads(text)
+    values = data["args"]
+    for key in data["paths"]:
+        values[key] = Path(values[key])
+    return argparse.Namespace(**values)
+
+
+def worker_app() -> Starlette:
+    """uvicorn's app factory for ``serve --workers N``, run in each worker process.
+
+    The parent process put its parsed options in ``LABEL_ANYTHING_SERVE_OPTIONS``; each worker loads its
+    own model from them. Log lines carry the worker's pid, so the log tells which worker answered a click.
+    """
+    import sys
+
+    args = _options_from_env(os.environ[WORKER_OPTIONS_ENV])
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s [worker %(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    _share_cpu_cores(args.workers)
+    backend = build_backend(args)
+    log.info("worker %d ready", os.getpid())
+    return create_app(backend)
+
+
+def _share_cpu_cores(workers: int) -> None:
+    """Give each of ``workers`` processes its share of the cores for PyTorch: N processes each using every
+    core would slow every click. Left alone when the user set OMP_NUM_THREADS."""
+    if workers <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    log_options = {"log_level": args.log_level.lower(), "access_log": args.log_level == "DEBUG"}
+    if args.workers == 1:
+        uvicorn.run(create_app(build_backend(args)), host=args.host, port=args.port, **log_options)
+        return 0
+    # Check what can be checked here, before N workers each load a model and fail the same way.
+    _serve_options(args)
+    if args.cache_url:
+        from label_anything.engine.redis_cache import check_shared_cache_arguments
+
+        check_shared_cache_arguments(args.cache_url)
+    log.info(
+        "starting %d workers on http://%s:%d; they share embeddings through %s",
+        args.workers,
+        args.host,
+        args.port,
+        "Redis" if args.cache_url else "the disk cache",
+    )
+    os.environ[WORKER_OPTIONS_ENV] = _options_to_env(args)
     uvicorn.run(
-        create_app(backend),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
-        access_log=args.log_level == "DEBUG",
+        f"{__name__}:worker_app", factory=True, workers=args.workers, host=args.host, port=args.port, **log_options
     )
     return 0
