@@ -25,6 +25,21 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` for a whole number above 0 (workers, seconds, pixels...).
+
+    >>> positive_int("3")
+    3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every model-using command shares (names as in the original label_anything)."""
     g = parser.add_argument_group("model")

@@ -48,6 +48,8 @@ _MODEL_OPTIONS = ("model_name", "sam_config", "checkpoint", "device", "decoder",
 # -- command line ------------------------------------------------------------------------------------
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """``--ray-address`` and the pool options, shared by ``boxes-to-masks`` and ``precompute``."""
+    from label_anything.cli import positive_int
+
     g = parser.add_argument_group(
         "Ray cluster",
         "With --ray-address the images are spread over a pool of Ray workers, each loading the model once; "
@@ -58,21 +60,14 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                    help="auto (the cluster this machine belongs to), HOST:PORT (a head node), "
                         f"ray://HOST:10001 (Ray Client) or {LOCAL_CLUSTER} (a Ray instance started for this run) "
                         f"[env {RAY_ADDRESS_ENV}]")
-    g.add_argument("--ray-workers", type=_positive_int, metavar="N",
+    g.add_argument("--ray-workers", type=positive_int, metavar="N",
                    help="workers (model copies) to start; default: one per GPU of the cluster, else one per "
                         "--ray-cpus-per-worker CPUs")
     g.add_argument("--ray-gpus-per-worker", type=_non_negative_float, metavar="G",
                    help="GPUs each worker reserves; fractions share a GPU (default: 1 when the cluster has GPUs, "
                         "else 0)")
-    g.add_argument("--ray-cpus-per-worker", type=_positive_int, metavar="C",
+    g.add_argument("--ray-cpus-per-worker", type=positive_int, metavar="C",
                    help="CPUs each worker reserves, also its PyTorch threads (default: 1 with GPUs, else up to 4)")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:

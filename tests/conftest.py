@@ -170,3 +170,27 @@ def http_stub():
     yield make
     for server in servers:
         server.close()
+
+
+@pytest.fixture()
+def backend_client(mobile_sam_model):
+    """Factory: ``backend_client(fetcher, serve_options, raise_server_exceptions=True)`` → a TestClient on a
+    fresh ``Backend`` serving random MobileSAM, with a float32 embedding cache (masks equal the engine's bit
+    for bit); every client is closed at teardown."""
+    from starlette.testclient import TestClient
+
+    from label_anything.engine.cache import EmbeddingCache
+    from label_anything.labelstudio.server import Backend, create_app
+
+    clients: list[TestClient] = []
+
+    def make(fetcher, options, *, raise_server_exceptions: bool = True) -> TestClient:
+        backend = Backend(mobile_sam_model, fetcher, EmbeddingCache(dtype=np.float32), options)
+        client = TestClient(create_app(backend), raise_server_exceptions=raise_server_exceptions)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -15,11 +15,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from label_anything.engine import Prompt, decode, encode
-from label_anything.engine.cache import EmbeddingCache
 from label_anything.images import read_image
 from label_anything.labelstudio.images import ImageFetcher
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.labelstudio.server import Backend, ServeOptions, create_app
+from label_anything.labelstudio.server import ServeOptions
 from label_anything.masks import polygons_to_mask
 
 H, W = 300, 451
@@ -86,26 +85,15 @@ def embedding(mobile_sam_model, chelsea_jpeg):
 
 
 @pytest.fixture()
-def make_client(mobile_sam_model, chelsea_jpeg):
+def make_client(backend_client, chelsea_jpeg):
     """Factory: a TestClient on a fresh backend (float32 cache: masks equal the engine's bit for bit)."""
-    clients = []
 
     def make(**options) -> TestClient:
         outputs = options.pop("outputs", OutputOptions(mask=True, poly=True, poly_tolerance=0, poly_min_area=0))
-        backend = Backend(
-            mobile_sam_model,
-            ImageFetcher(local_files_root=chelsea_jpeg.parent),
-            EmbeddingCache(dtype=np.float32),
-            ServeOptions(outputs=outputs, **options),
-        )
-        client = TestClient(create_app(backend))
-        client.__enter__()
-        clients.append(client)
-        return client
+        return backend_client(ImageFetcher(local_files_root=chelsea_jpeg.parent),
+                              ServeOptions(outputs=outputs, **options))
 
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    return make
 
 
 def retrieve(client, tasks, config) -> list:

@@ -46,7 +46,9 @@ def ray_env() -> dict[str, str]:
     """Environment of the head node and of the drivers: Ray's token authentication with a token of this
     test's own (a connecting driver must present it; nothing is read from or written to ~/.ray)."""
     return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-            "RAY_USAGE_STATS_ENABLED": "0"}
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # the head's Ray Client proxy waits 30 s for the per-client server it starts: too short on 2 busy cores
+            "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,9 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from label_anything.engine.cache import EmbeddingCache
 from label_anything.labelstudio.images import AccessDeniedError, ImageFetcher
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.labelstudio.server import Backend, ServeOptions, create_app
+from label_anything.labelstudio.server import ServeOptions
 
 W, H = 64, 48
 
@@ -78,23 +77,15 @@ def images_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def make_backend(mobile_sam_model, images_root) -> Callable[..., TestClient]:
+def make_backend(backend_client, images_root) -> Callable[..., TestClient]:
     """Factory: a TestClient on a fresh backend; keyword arguments go to ImageFetcher / ServeOptions."""
-    clients: list[TestClient] = []
 
     def make(*, basic_auth=None, **fetcher_options) -> TestClient:
         fetcher_options.setdefault("local_files_root", images_root)
-        fetcher = ImageFetcher(**fetcher_options)
         options = ServeOptions(outputs=OutputOptions(mask=True, bbox=True), basic_auth=basic_auth)
-        backend = Backend(mobile_sam_model, fetcher, EmbeddingCache(dtype=np.float32), options)
-        client = TestClient(create_app(backend), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
+        return backend_client(ImageFetcher(**fetcher_options), options, raise_server_exceptions=False)
 
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    return make
 
 
 def body(image: str, regions: list, config: str | None = None) -> dict:

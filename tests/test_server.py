@@ -86,23 +86,15 @@ def brush_mask(region: dict) -> np.ndarray:
 
 
 @pytest.fixture()
-def make_client(mobile_sam_model, chelsea_jpeg):
+def make_client(backend_client, chelsea_jpeg):
     """Factory: a TestClient on a fresh backend (float32 cache: masks equal the engine's bit for bit)."""
-    clients = []
 
     def make(**options) -> TestClient:
         outputs = OutputOptions(mask=True, bbox=True, poly=True, poly_tolerance=0.0, poly_min_area=0.0)
         serve = ServeOptions(outputs=options.pop("outputs", outputs), **options)
-        fetcher = ImageFetcher(local_files_root=chelsea_jpeg.parent)
-        backend = Backend(mobile_sam_model, fetcher, EmbeddingCache(dtype=np.float32), serve)
-        client = TestClient(create_app(backend))
-        client.__enter__()
-        clients.append(client)
-        return client
+        return backend_client(ImageFetcher(local_files_root=chelsea_jpeg.parent), serve)
 
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    return make
 
 
 @pytest.fixture()

@@ -302,6 +302,8 @@ def shared_level_from_args(args: argparse.Namespace) -> RedisLevel | None:
 
 def add_cache_url_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """``--cache-url`` and ``--cache-ttl``, shared by ``serve`` and ``precompute``."""
+    from label_anything.cli import positive_int
+
     env = os.environ.get
     parser.add_argument(
         "--cache-url",
@@ -313,18 +315,9 @@ def add_cache_url_arguments(parser: argparse.ArgumentParser | Any) -> None:
     )
     parser.add_argument(
         "--cache-ttl",
-        type=_positive_seconds,
+        type=positive_int,
         default=env(CACHE_TTL_ENV) or str(DEFAULT_TTL_S),
         metavar="SECONDS",
         help=f"a Redis entry unused this long expires [env {CACHE_TTL_ENV}; default: %(default)s (a week)]",
     )
 
-
-def _positive_seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value

@@ -482,16 +482,6 @@ def _basic_auth(text: str) -> tuple[str, str]:
     return user, password
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
 def allowed_image_hosts(args: argparse.Namespace) -> tuple[str, ...]:
     """The image host allow-list: ``--allow-image-host`` options, else the environment variable."""
     entries = args.allow_image_hosts
@@ -502,7 +492,7 @@ def allowed_image_hosts(args: argparse.Namespace) -> tuple[str, ...]:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything serve`` to the CLI's sub-commands."""
-    from label_anything.cli import add_model_arguments
+    from label_anything.cli import add_model_arguments, positive_int
 
     env = os.environ.get
     p = subparsers.add_parser(
@@ -606,7 +596,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--max-image-pixels",
-        type=_positive_int,
+        type=positive_int,
         # a string default goes through ``type`` too: a bad env value is a usage error of ``serve`` only
         default=env("LABEL_ANYTHING_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)),
         help="refuse images larger than this many pixels, read from the file header before decoding "
@@ -620,7 +610,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=env(WORKERS_ENV) or "1",
         help="backend processes answering on one port, each with its own model, memory cache and share of "
         "the CPU cores. They share embeddings through the disk cache in --cache-dir (one machine) or "

@@ -163,3 +163,29 @@ def test_import_coco_into_a_project_then_masks_from_its_boxes(
     expected = engine_mask(mobile_sam_model, read_image(chelsea_jpeg), (150, 40, 380, 250))
     assert np.count_nonzero(brush(region) != expected) <= 10
     assert predictions(label_studio, unlabelled["id"]) == []
+
+
+def test_precompute_a_project_fills_the_cache_serve_reads(
+    label_studio, original_label_config, chelsea_jpeg, random_checkpoint, tmp_path, capsys
+):
+    """``precompute --project``: every image of a real project's tasks (an upload, fetched from Label Studio
+    with the token) is encoded into the disk cache under its pixel digest; a second run encodes nothing."""
+    from label_anything.engine.cache import EmbeddingCache, cache_key
+    from label_anything.images import image_digest
+
+    project = label_studio.client.create_project("precompute me", original_label_config)
+    label_studio.client.import_file(project["id"], chelsea_jpeg)
+    cache_dir = tmp_path / "cache"
+    argv = ["precompute", "--project", str(project["id"]), "--label-studio-url", label_studio.url,
+            "--label-studio-api-key", label_studio.token, "--model-name", "mobile_sam",
+            "--checkpoint", str(random_checkpoint("mobile_sam", "vit_t")), "--device", "cpu",
+            "--cache-dir", str(cache_dir), "--no-progress"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (first["encoded"], first["already_cached"], first["failed"]) == (1, 0, [])
+    key = cache_key(first["model"], image_digest(read_image(chelsea_jpeg)))
+    stored = EmbeddingCache(disk_dir=cache_dir / "embeddings").get(key)
+    assert stored is not None and stored.original_size == (H, W)
+    assert main(argv) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (second["encoded"], second["already_cached"]) == (0, 1)
