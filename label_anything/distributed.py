@@ -38,6 +38,8 @@ LOCAL_CLUSTER = "local"
 
 CALLS_PER_WORKER = 2
 """Calls queued on one worker at a time: it starts the next image while the last result travels back."""
+CLIENT_ATTEMPTS = 3
+"""Tries to connect through Ray Client (``ray://``) when the head fails to start the client's server."""
 STARTUP_TIMEOUT_S = 600.0
 """How long the workers may take to start and load the model (a large checkpoint on a network disk)."""
 
@@ -223,13 +225,24 @@ def connect(ray: Any, address: str) -> None:
     """Join the cluster at ``address`` (or start a local one for ``local``); a one-line error if it fails."""
     _check_reachable(address)
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
-    try:
-        if address == LOCAL_CLUSTER:
-            ray.init(include_dashboard=False, **quiet)
-        else:
-            ray.init(address=address, **quiet)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ... depending on the address
-        raise LabelAnythingError(f"cannot reach the Ray cluster at {address!r}: {_first_line(exc)}") from None
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            if address == LOCAL_CLUSTER:
+                ray.init(include_dashboard=False, **quiet)
+            else:
+                ray.init(address=address, **quiet)
+            return
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ... depending on the address
+            # The head's Ray Client proxy starts a server process per client; on a busy head that start can
+            # fail once and work the next time, so a ray:// connection gets a few tries.
+            transient = address.startswith("ray://") and "client server failed" in str(exc)
+            if not transient or attempt == CLIENT_ATTEMPTS:
+                raise LabelAnythingError(f"cannot reach the Ray cluster at {address!r}: {_first_line(exc)}") from None
+            log.warning("Ray: the cluster's client server did not start (try %d of %d); trying again",
+                        attempt, CLIENT_ATTEMPTS)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            time.sleep(2.0 * attempt)
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

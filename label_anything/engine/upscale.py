@@ -113,7 +113,8 @@ def upscale_to_mask(
     if by.size:
         ty0, ty1, tx0, tx1 = yi0[y0 + by], yi1[y0 + by], xi0[x0 + bx], xi1[x0 + bx]
         a0, a1, b0, b1 = wx0[x0 + bx], wx1[x0 + bx], wy0[y0 + by], wy1[y0 + by]
-        # the kernel's order: along the width within each source row, then along the height
+        # along the width within each source row, then along the height: the kernel's indices and weights,
+        # a sum that may differ from the kernel's in the last bit (see the module docstring)
         top = values[ty0, tx0] * a0 + values[ty0, tx1] * a1
         bottom = values[ty1, tx0] * a0 + values[ty1, tx1] * a1
         window[by, bx] = (top * b0 + bottom * b1) > 0
