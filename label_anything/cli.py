@@ -16,7 +16,7 @@ from label_anything.errors import LabelAnythingError
 log = logging.getLogger("label_anything")
 
 MODEL_HELP = (
-    "model family: sam, sam_hq, mobile_sam, classical (no weights: OpenCV GrabCut), or auto "
+    "model family: sam, sam_hq, mobile_sam, sam2 (SAM 2.1), classical (no weights: OpenCV GrabCut), or auto "
     "(a checkpoint found in the cache directory, else classical)"
 )
 
@@ -46,8 +46,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model-name", "--model", dest="model_name", default=_env("LABEL_ANYTHING_MODEL", "auto"),
                    help=MODEL_HELP + " [env LABEL_ANYTHING_MODEL; default: %(default)s]")
     g.add_argument("--sam-config", dest="sam_config", default=_env("LABEL_ANYTHING_SAM_CONFIG"),
-                   help="architecture: vit_b/vit_l/vit_h (sam), also vit_tiny (sam_hq), vit_t (mobile_sam); "
-                        "default: vit_b, vit_t for mobile_sam [env LABEL_ANYTHING_SAM_CONFIG]")
+                   help="architecture: vit_b/vit_l/vit_h (sam), also vit_tiny (sam_hq), vit_t (mobile_sam), "
+                        "tiny/small/base_plus/large (sam2); default: vit_b, vit_t for mobile_sam, tiny for sam2 "
+                        "[env LABEL_ANYTHING_SAM_CONFIG]")
     g.add_argument("--sam-checkpoint-file", "--checkpoint", dest="checkpoint",
                    default=_env("LABEL_ANYTHING_CHECKPOINT"),
                    help="checkpoint file; default: the official one in the cache directory "
