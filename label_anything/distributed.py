@@ -368,7 +368,7 @@ def precompute_on_pool(
                 bar.update()
                 continue
             key = cache_key(pool.model_id, digest)
-            if cache.contains(key):
+            if cache.contains(key, share=True):
                 report.cached += 1
                 bar.update()
                 continue

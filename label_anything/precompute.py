@@ -127,7 +127,7 @@ def precompute(
             continue
         image, digest = loaded
         key = cache_key(model.info.model_id, digest)
-        if cache.contains(key):
+        if cache.contains(key, share=True):
             report.cached += 1
             continue
         t0 = time.perf_counter()

@@ -156,6 +156,16 @@ def test_entry_put_by_one_cache_is_found_by_another(redis_server):
     assert not reader.contains(cache_key("m-x-1", "img2"))
 
 
+def test_disk_entry_goes_to_redis_only_when_asked(redis_server, tmp_path):
+    key = cache_key("m-x-1", "img3")
+    EmbeddingCache(disk_dir=tmp_path).put(key, fake_embedding(3))  # on disk, not in Redis
+    reader = EmbeddingCache(disk_dir=tmp_path, shared=RedisLevel(redis_server.url, ttl_s=3600))
+    assert reader.contains(key)  # the click path's check: no disk read, nothing written
+    assert redis_server.client.keys(f"{KEY_PREFIX}*") == []
+    assert reader.contains(key, share=True)  # precompute's: other machines get it
+    assert redis_server.client.keys(f"{KEY_PREFIX}*") == [f"{KEY_PREFIX}embedding:{key}".encode()]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other-key"])
 def test_damaged_redis_entry_is_recomputed(redis_server, damage, caplog):
     key = cache_key("m-x-1", "img1")

@@ -166,16 +166,20 @@ class EmbeddingCache:
                 self.shared.put(key, embedding_to_bytes(found))
         return found
 
-    def contains(self, key: str) -> bool:
-        """True when an entry is in memory, Redis or on disk (does not load it)."""
+    def contains(self, key: str, *, share: bool = False) -> bool:
+        """True when an entry is in memory, Redis or on disk (does not load it).
+
+        share: also copy an entry found only on disk into Redis, so other machines get it too
+            (``precompute --cache-url`` over images encoded before). The click path leaves it off: its
+            ``get`` that follows reads the disk and shares the entry once.
+        """
         with self._lock:
             if key in self._memory:
                 return True
         if self.shared is not None and self.shared.contains(key):
             return True
         on_disk = self.disk_dir is not None and self._path(key).is_file()
-        if on_disk and self.shared is not None:
-            # e.g. ``precompute --cache-url`` over images encoded before: Redis gets them too
+        if on_disk and share and self.shared is not None:
             found = self._disk_read(key)
             if found is None:
                 return False  # damaged (and removed)
