@@ -22,13 +22,13 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from synthetic_scenes import (  # bench/ is sys.path[0] when run as a script
+from label_anything.engine.classical import ClassicalModel
+from label_anything.engine.prompts import Prompt
+from label_anything.engine.types import Embedding
+from label_anything.testing.scenes import (
     Scene,
     corrective_negative,
     interior_point,
@@ -37,10 +37,6 @@ from synthetic_scenes import (  # bench/ is sys.path[0] when run as a script
     make_scenes,
     tight_box,
 )
-
-from label_anything.engine.classical import ClassicalModel
-from label_anything.engine.prompts import Prompt
-from label_anything.engine.types import Embedding
 
 MODES = ("box", "box ±5%", "click", "click + neg")
 

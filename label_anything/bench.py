@@ -232,15 +232,6 @@ class HttpServer:
     backend: Any
 
 
-class _TruthyCache:
-    """Mixin: an empty cache is still a cache. ``Backend`` does ``cache or EmbeddingCache()``, and an
-    ``EmbeddingCache`` with no entries is falsy (it defines ``__len__``), so a zero-budget cache would
-    silently be swapped for a default one and the "naive" click would hit the cache."""
-
-    def __bool__(self) -> bool:
-        return True
-
-
 @contextlib.contextmanager
 def serve_backend(model, root: Path, *, cache_bytes: int = 512 * 2**20, prefetch: bool = True) -> Iterator[HttpServer]:
     """Serve ``model`` with mask + box + polygon outputs over HTTP; yields the server."""
@@ -252,9 +243,8 @@ def serve_backend(model, root: Path, *, cache_bytes: int = 512 * 2**20, prefetch
     from label_anything.labelstudio.server import Backend, ServeOptions, create_app
 
     outputs = OutputOptions(mask=True, bbox=True, poly=True)
-    cache = type("BenchCache", (_TruthyCache, EmbeddingCache), {})(max_memory_bytes=cache_bytes)
     backend = Backend(
-        model, ImageFetcher(local_files_root=root), cache,
+        model, ImageFetcher(local_files_root=root), EmbeddingCache(max_memory_bytes=cache_bytes),
         ServeOptions(outputs=outputs, refine=False, prefetch=prefetch),
     )
     with socket.socket() as s:

@@ -5,63 +5,71 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from label_anything import __version__
+from label_anything.engine.models import MODEL_CONFIGS, MODEL_NAMES
 from label_anything.errors import LabelAnythingError
+from label_anything.options import Parser, env, non_negative_float, positive_int, print_error
+
+__all__ = ["add_model_arguments", "build_parser", "load_model_from_args", "main", "positive_int"]
 
 log = logging.getLogger("label_anything")
 
+SAM_CONFIGS = tuple(sorted({config for configs in MODEL_CONFIGS.values() for config in configs}))
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MODEL_HELP = (
     "model family: sam, sam_hq, mobile_sam, sam2 (SAM 2.1), classical (no weights: OpenCV GrabCut), or auto "
     "(a checkpoint found in the cache directory, else classical)"
 )
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type`` for a whole number above 0 (workers, seconds, pixels...).
-
-    >>> positive_int("3")
-    3
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every model-using command shares (names as in the original label_anything)."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model-name", "--model", dest="model_name", default=_env("LABEL_ANYTHING_MODEL", "auto"),
+    g.add_argument("--model-name", "--model", dest="model_name", type=str.lower, choices=MODEL_NAMES,
+                   default=env("LABEL_ANYTHING_MODEL", "auto"), metavar="NAME",
                    help=MODEL_HELP + " [env LABEL_ANYTHING_MODEL; default: %(default)s]")
-    g.add_argument("--sam-config", dest="sam_config", default=_env("LABEL_ANYTHING_SAM_CONFIG"),
+    g.add_argument("--sam-config", dest="sam_config", type=str.lower,
+                   choices=SAM_CONFIGS, metavar="CONFIG", default=env("LABEL_ANYTHING_SAM_CONFIG"),
                    help="architecture: vit_b/vit_l/vit_h (sam), also vit_tiny (sam_hq), vit_t (mobile_sam), "
                         "tiny/small/base_plus/large (sam2); default: vit_b, vit_t for mobile_sam, tiny for sam2 "
                         "[env LABEL_ANYTHING_SAM_CONFIG]")
     g.add_argument("--sam-checkpoint-file", "--checkpoint", dest="checkpoint",
-                   default=_env("LABEL_ANYTHING_CHECKPOINT"),
+                   default=env("LABEL_ANYTHING_CHECKPOINT"),
                    help="checkpoint file; default: the official one in the cache directory "
                         "(see `label-anything download`) [env LABEL_ANYTHING_CHECKPOINT]")
-    g.add_argument("--device", default=_env("LABEL_ANYTHING_DEVICE", "auto"),
+    g.add_argument("--device", type=_device, default=env("LABEL_ANYTHING_DEVICE", "auto"),
                    help="auto, cpu, cuda, cuda:N or mps [env LABEL_ANYTHING_DEVICE; default: %(default)s]")
-    g.add_argument("--decoder", choices=["torch", "onnx", "auto"], default=_env("LABEL_ANYTHING_DECODER", "torch"),
+    g.add_argument("--decoder", type=str.lower, choices=["torch", "onnx", "auto"],
+                   default=env("LABEL_ANYTHING_DECODER", "torch"),
                    help="mask decoder runtime on CPU: torch, onnx (ONNX Runtime, faster clicks; needs the [onnx] "
                         "extra) or auto (time both at start-up, keep the faster) [env LABEL_ANYTHING_DECODER; "
                         "default: %(default)s]")
-    g.add_argument("--cache-dir", type=Path, default=_env("LABEL_ANYTHING_CACHE"),
+    g.add_argument("--cache-dir", type=Path, default=env("LABEL_ANYTHING_CACHE"),
                    help="where checkpoints and embeddings are kept [env LABEL_ANYTHING_CACHE; "
                         "default: ~/.cache/label-anything]")
+    g.add_argument("--cache-disk-gb", type=non_negative_float, default=env(CACHE_DISK_ENV, str(DEFAULT_CACHE_DISK_GB)),
+                   metavar="GB",
+                   help="most disk the embedding cache (CACHE_DIR/embeddings) may hold; the least recently used "
+                        "entries go first. A SAM 1 embedding takes 2 MiB, SAM 2.1 8 MiB: give precompute room "
+                        f"for the whole project; 0 = no disk cache [env {CACHE_DISK_ENV}; default: %(default)s]")
+
+
+CACHE_DISK_ENV = "LABEL_ANYTHING_CACHE_DISK_GB"
+DEFAULT_CACHE_DISK_GB = 4.0
+
+
+def _device(text: str) -> str:
+    """argparse ``type`` for --device: the word is checked here, its existence when the model loads."""
+    word = text.strip().lower()
+    name, _, index = word.partition(":")
+    if word in ("auto", "cpu", "cuda", "mps") or (name == "cuda" and index.isdigit()):
+        return word
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
 def load_model_from_args(args: argparse.Namespace):
@@ -113,6 +121,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         image = read_image(args.image)
     if not args.point and args.box is None:
         raise LabelAnythingError("give at least one --point X,Y or a --box X0,Y0,X1,Y1")
+    _check_inside(image, args.point, args.box)
     prompt = Prompt.from_lists(points=[(x, y) for x, y, _ in args.point], labels=[v for _, _, v in args.point],
                                box=args.box)
     model = load_model_from_args(args)
@@ -135,6 +144,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({image.shape[1]}x{image.shape[0]}, {area} mask pixels, score {score:.3f}, "
               f"model {model.info.model_id})")
     return 0
+
+
+def _check_inside(image, points: list[tuple[float, float, int]], box: tuple[float, ...] | None) -> None:
+    """A click off the image, or a box beside it, is a typo: SAM would answer it with an empty mask."""
+    height, width = image.shape[:2]
+    for x, y, _ in points:
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise LabelAnythingError(f"--point {x:g},{y:g} is outside the {width}x{height} image")
+    if box is not None and (box[0] >= width or box[1] >= height or box[2] <= 0 or box[3] <= 0):
+        raise LabelAnythingError(f"--box {','.join(f'{v:g}' for v in box)} does not overlap the {width}x{height} image")
 
 
 def _demo_image(args: argparse.Namespace):
@@ -178,14 +197,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # -- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="label-anything",
         description="Segment Anything models do the tedious part of image labeling: click once in Label "
                     "Studio, get the object's mask, box and polygon; export COCO with exact RLE masks.",
     )
     parser.add_argument("--version", action="version", version=f"label-anything {__version__}")
-    parser.add_argument("--log-level", default=_env("LABEL_ANYTHING_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: %(default)s")
+    parser.add_argument("--log-level", type=str.upper, default=env("LABEL_ANYTHING_LOG_LEVEL", "INFO"),
+                        choices=LOG_LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING or ERROR, any case; DEBUG also prints the traceback of an "
+                             "internal error [env LABEL_ANYTHING_LOG_LEVEL; default: %(default)s]")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     seg = sub.add_parser("segment", help="segment one object in an image from points and/or a box",
@@ -204,13 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Download official checkpoints with a progress bar; verifies size and "
                                     "SHA-256 and never leaves a partial file.")
     dl.add_argument("name", nargs="+", help="checkpoint name(s) from `label-anything models`, or all")
-    dl.add_argument("--cache-dir", type=Path, default=_env("LABEL_ANYTHING_CACHE"),
+    dl.add_argument("--cache-dir", type=Path, default=env("LABEL_ANYTHING_CACHE"),
                     help="default: ~/.cache/label-anything")
     dl.add_argument("--url", help="fetch from this mirror URL instead of the official one (still verified)")
     dl.set_defaults(func=cmd_download)
 
     ls = sub.add_parser("models", help="list the official checkpoints and which ones are downloaded")
-    ls.add_argument("--cache-dir", type=Path, default=_env("LABEL_ANYTHING_CACHE"))
+    ls.add_argument("--cache-dir", type=Path, default=env("LABEL_ANYTHING_CACHE"),
+                    help="default: ~/.cache/label-anything [env LABEL_ANYTHING_CACHE]")
     ls.set_defaults(func=cmd_models)
 
     from label_anything.export.commands import add_convert_parser, add_preview_parser
@@ -235,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A user mistake is one line on stderr and exit 2; an internal error (a bug) is one
+    line and exit 1, with its traceback only under ``--log-level DEBUG``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -245,8 +269,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LabelAnythingError as exc:
-        print(f"label-anything: error: {exc}", file=sys.stderr)
+        print_error(str(exc))
+        return 2
+    except OSError as exc:  # a file the user named cannot be read or written, a full disk, a port in use...
+        where = f": {exc.filename}" if exc.filename else ""
+        print_error(f"{exc.strerror or exc}{where}")
         return 2
     except KeyboardInterrupt:
         print("label-anything: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.log_level == "DEBUG":
+            traceback.print_exc()
+        print(f"label-anything: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
+              "--log-level DEBUG shows where it happened)", file=sys.stderr)
+        return 1

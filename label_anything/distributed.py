@@ -50,7 +50,7 @@ _MODEL_OPTIONS = ("model_name", "sam_config", "checkpoint", "device", "decoder",
 # -- command line ------------------------------------------------------------------------------------
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """``--ray-address`` and the pool options, shared by ``boxes-to-masks`` and ``precompute``."""
-    from label_anything.cli import positive_int
+    from label_anything.options import env, non_negative_float, positive_int
 
     g = parser.add_argument_group(
         "Ray cluster",
@@ -58,25 +58,18 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         "without it everything runs in this process. Every node needs label-anything installed and the "
         "checkpoint readable at the same path (--checkpoint, or the cache directory for the default one).",
     )
-    g.add_argument("--ray-address", default=os.environ.get(RAY_ADDRESS_ENV), metavar="ADDRESS",
+    g.add_argument("--ray-address", default=env(RAY_ADDRESS_ENV), metavar="ADDRESS",
                    help="auto (the cluster this machine belongs to), HOST:PORT (a head node), "
                         f"ray://HOST:10001 (Ray Client) or {LOCAL_CLUSTER} (a Ray instance started for this run) "
                         f"[env {RAY_ADDRESS_ENV}]")
     g.add_argument("--ray-workers", type=positive_int, metavar="N",
                    help="workers (model copies) to start; default: one per GPU of the cluster, else one per "
                         "--ray-cpus-per-worker CPUs")
-    g.add_argument("--ray-gpus-per-worker", type=_non_negative_float, metavar="G",
+    g.add_argument("--ray-gpus-per-worker", type=non_negative_float, metavar="G",
                    help="GPUs each worker reserves; fractions share a GPU (default: 1 when the cluster has GPUs, "
                         "else 0)")
     g.add_argument("--ray-cpus-per-worker", type=positive_int, metavar="C",
                    help="CPUs each worker reserves, also its PyTorch threads (default: 1 with GPUs, else up to 4)")
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -352,9 +345,10 @@ def precompute_on_pool(
     from tqdm import tqdm
 
     from label_anything.engine.cache import cache_key, embedding_from_bytes
-    from label_anything.precompute import PrecomputeReport
+    from label_anything.precompute import DiskBudget, PrecomputeReport
 
     report = PrecomputeReport()
+    budget = DiskBudget.of(cache, total)
     bar = tqdm(total=total, unit="img", desc="precompute (ray)", disable=not progress)
     dtype = np.dtype(cache.dtype).str
 
@@ -378,9 +372,11 @@ def precompute_on_pool(
         cache.put(key, embedding_from_bytes(data))
         report.seconds += seconds
         report.encoded += 1
+        budget.note(len(data), report.encoded + report.cached)
         bar.update()
         bar.set_postfix(encoded=report.encoded, cached=report.cached)
     bar.close()
+    report.disk_cache_short = budget.short
     return report
 
 
@@ -392,5 +388,9 @@ def precompute_on_ray(
     Returns:
         (the report, the workers' model id).
     """
+    from label_anything.batch import refuse_classical_model
+
     with ray_pool(PoolOptions.from_args(args), model_options(args)) as pool:
+        # each worker resolved `auto` on its own node: the driver's check before the start cannot see theirs
+        refuse_classical_model(args, "precompute", pool.model_id.split("-", 1)[0])
         return precompute_on_pool(pool, source, cache, progress=args.progress, total=total), pool.model_id

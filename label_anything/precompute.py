@@ -4,6 +4,10 @@ The embeddings land in the same disk cache ``serve`` reads (``<cache>/embeddings
 image content digest), so a later click on any of these images skips the encoder. Each embedding is
 written atomically as soon as it is computed, and an image already cached is skipped: an interrupted run
 (Ctrl-C, crash, reboot) resumes where it stopped, losing at most the image it was encoding.
+
+The disk cache is bounded (``--cache-disk-gb``) and evicts the least recently used entries, so a project
+larger than it would evict its own first embeddings: as soon as the first embedding's size tells, a warning
+says so (with the size to give), and the run goes on (the last images stay cached, which still helps).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,49 +43,116 @@ class PrecomputeReport:
     cached: int = 0
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    disk_cache_short: bool = False  # the images will not all fit the disk cache (see ``DiskBudget``)
 
     @property
     def images_per_s(self) -> float:
         return self.encoded / self.seconds if self.seconds > 0 else 0.0
 
 
-def folder_images(folder: Path) -> ImageSource:
-    """Every image file under ``folder`` (recursively, sorted: a resumed run walks the same order)."""
-    from label_anything.images import image_digest, read_image
+@dataclass
+class DiskBudget:
+    """Says once, as soon as it can tell, that a run's embeddings will not all fit the disk cache.
+
+    The size of an embedding is known from the first one encoded; with ``total`` (the images expected) the
+    warning comes then, else when the images seen so far already overflow the cache.
+    """
+
+    cap_bytes: int | None  # None: no disk level, nothing to fit
+    total: int | None = None
+    short: bool = False
+
+    @classmethod
+    def of(cls, cache: EmbeddingCache, total: int | None) -> DiskBudget:
+        return cls(cache.max_disk_bytes if cache.disk_dir is not None else None, total)
+
+    def note(self, entry_bytes: int, seen: int) -> None:
+        """One more embedding of ``entry_bytes`` stored; ``seen`` images (encoded or cached) so far."""
+        if self.short or self.cap_bytes is None:
+            return
+        count = self.total if self.total is not None else seen
+        if count * entry_bytes <= self.cap_bytes:
+            return
+        self.short = True
+        need, cap = count * entry_bytes / 2**30, self.cap_bytes / 2**30
+        images = f"{count} images" if self.total is not None else f"more than {count - 1} images"
+        log.warning("precompute: %s x %.1f MiB = %.2f GiB will not fit the %.2f GiB disk cache: the least recently "
+                    "used embeddings, this run's first ones too, will be evicted; give --cache-disk-gb %.1f or more "
+                    "(env LABEL_ANYTHING_CACHE_DISK_GB)", images, entry_bytes / 2**20, need, cap,
+                    max(need * 1.1, need + 0.1))
+
+
+def folder_images(folder: Path, max_pixels: int | None = None) -> ImageSource:
+    """Every image file under ``folder`` (recursively, sorted: a resumed run walks the same order);
+    images above ``max_pixels`` fail as they do in ``serve``."""
+    from label_anything.images import DEFAULT_MAX_PIXELS, image_digest, read_image
 
     folder = Path(folder)
     if not folder.is_dir():
         raise LabelAnythingError(f"--images {folder}: not a folder")
+    limit = max_pixels or DEFAULT_MAX_PIXELS
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
 
         def load(path: Path = path) -> tuple[np.ndarray, str]:
-            image = read_image(path)
+            image = read_image(path, max_pixels=limit)
             return image, image_digest(image)
 
         yield str(path.relative_to(folder)), load
 
 
+def project_task_count(project_id: int, fetcher) -> int | None:
+    """How many tasks the project has, as Label Studio's task list says (None when it does not say)."""
+    body = _task_page(fetcher, project_id, page=1, page_size=1)
+    total = body.get("total") if isinstance(body, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+
+
+def _task_page(fetcher, project_id: int, page: int, page_size: int) -> Any:
+    """The JSON body of one page of ``GET /api/tasks``; None past the last page (Label Studio answers 404)."""
+    import httpx
+
+    if fetcher.label_studio_url is None or fetcher.auth is None:
+        raise LabelAnythingError("--project needs --label-studio-url and --label-studio-api-key")
+    url = f"{fetcher.label_studio_url}/api/tasks?project={project_id}&page={page}&page_size={page_size}"
+    try:
+        response = fetcher.client.get(url, headers={"Authorization": fetcher.auth.header()})
+    except httpx.HTTPError as exc:
+        raise LabelAnythingError(f"cannot reach Label Studio at {fetcher.label_studio_url} "
+                                 f"({type(exc).__name__}: {exc})") from None
+    if response.status_code == 404 and page > 1:
+        return None
+    if response.status_code != 200:
+        raise LabelAnythingError(f"GET {url} answered HTTP {response.status_code}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    tasks = body.get("tasks") if isinstance(body, dict) else body
+    if not isinstance(tasks, list):
+        raise LabelAnythingError(f"GET {url} answered something that is not a task list "
+                                 f"({response.headers.get('content-type', 'no content type')}): is "
+                                 f"{fetcher.label_studio_url} Label Studio?")
+    return body
+
+
 def project_images(project_id: int, fetcher, page_size: int = 100) -> ImageSource:
     """Every image referenced by the tasks of a Label Studio project (all ``data`` values that are
     image references), fetched the way ``serve`` fetches them (``fetcher``: an ``ImageFetcher`` with
-    Label Studio's URL and API key)."""
-    if fetcher.label_studio_url is None or fetcher.auth is None:
-        raise LabelAnythingError("--project needs --label-studio-url and --label-studio-api-key")
+    Label Studio's URL and API key, allowed hosts and pixel limit)."""
     page = 1
     while True:
-        url = f"{fetcher.label_studio_url}/api/tasks?project={project_id}&page={page}&page_size={page_size}"
-        response = fetcher.client.get(url, headers={"Authorization": fetcher.auth.header()})
-        if response.status_code == 404 and page > 1:
+        body = _task_page(fetcher, project_id, page, page_size)
+        if body is None:
             return  # past the last page
-        if response.status_code != 200:
-            raise LabelAnythingError(f"GET {url} answered HTTP {response.status_code}")
-        body = response.json()
-        tasks = body.get("tasks", []) if isinstance(body, dict) else body
+        tasks = body.get("tasks") if isinstance(body, dict) else body
         if not tasks:
             return
         for task in tasks:
+            data = task.get("data") if isinstance(task, dict) else None
+            if not isinstance(data, dict):
+                continue
             task_id = task.get("id")
-            for value in (task.get("data") or {}).values():
+            for value in data.values():
                 if isinstance(value, str) and _looks_like_image(value):
 
                     def load(ref: str = value, tid: object = task_id) -> tuple[np.ndarray, str]:
@@ -118,6 +190,7 @@ def precompute(
     from label_anything.engine import encode
 
     report = PrecomputeReport()
+    budget = DiskBudget.of(cache, total)
     bar = tqdm(total=total, unit="img", desc="precompute", disable=not progress)
     for name, loaded in loaded_ahead(source):
         bar.update()
@@ -131,11 +204,13 @@ def precompute(
             report.cached += 1
             continue
         t0 = time.perf_counter()
-        cache.put(key, encode(model, image, digest))
+        stored = cache.put(key, encode(model, image, digest))
         report.seconds += time.perf_counter() - t0
         report.encoded += 1
+        budget.note(stored.nbytes, report.encoded + report.cached)
         bar.set_postfix(encoded=report.encoded, cached=report.cached)
     bar.close()
+    report.disk_cache_short = budget.short
     return report
 
 
@@ -174,68 +249,97 @@ def loaded_ahead(source: ImageSource) -> Iterator[tuple[str, tuple[np.ndarray, s
             raise source_error
 
 
+MAX_PIXELS_ENV = "LABEL_ANYTHING_MAX_IMAGE_PIXELS"
+"""The variable ``serve --max-image-pixels`` reads: ``precompute`` takes the same limit from it."""
+
+
 def add_precompute_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything precompute`` to the CLI's sub-commands."""
-    import os
-
     from label_anything.cli import add_model_arguments
+    from label_anything.distributed import add_ray_arguments
+    from label_anything.engine.redis_cache import add_cache_url_arguments
+    from label_anything.images import DEFAULT_MAX_PIXELS
+    from label_anything.labelstudio.images import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION
+    from label_anything.options import env, positive_int
 
     p = subparsers.add_parser(
         "precompute",
         help="encode the images of a folder or a Label Studio project into the embedding cache",
         description="Encode every image not yet cached, so clicks in Label Studio skip the encoder. "
-        "Resumable: run it again after an interruption and it continues where it stopped.",
+        "Resumable: run it again after an interruption and it continues where it stopped. Warns when the "
+        "images will not all fit the disk cache (--cache-disk-gb). Needs a SAM checkpoint, or --model-name "
+        "classical.",
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", type=Path, metavar="DIR", help="a folder of images (searched recursively)")
-    what.add_argument("--project", type=int, metavar="ID", help="a Label Studio project id")
-    p.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"),
+    what.add_argument("--project", type=positive_int, metavar="ID", help="a Label Studio project id")
+    p.add_argument("--label-studio-url", default=env("LABEL_STUDIO_URL"),
                    help="Label Studio's URL, for --project [env LABEL_STUDIO_URL]")
-    p.add_argument("--label-studio-api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
+    p.add_argument("--label-studio-api-key", default=env("LABEL_STUDIO_API_KEY"),
                    help="access token, for --project [env LABEL_STUDIO_API_KEY]")
-    p.add_argument("--local-files-root", type=Path, default=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT"),
+    p.add_argument("--local-files-root", type=Path, default=env("LOCAL_FILES_DOCUMENT_ROOT"),
                    help="read /data/local-files/ images from this folder [env LOCAL_FILES_DOCUMENT_ROOT]")
+    # The same allow-list and pixel limit as `serve`: precompute must fetch exactly what serve will fetch.
+    p.add_argument(ALLOW_HOSTS_OPTION, dest="allow_image_hosts", action="append", default=None, metavar="HOST",
+                   help="also fetch task image URLs from HOST (host, host:port or *.domain; repeatable), as serve "
+                        f"does. Without it only Label Studio's own URL is fetched from [env {ALLOW_HOSTS_ENV}, "
+                        "comma separated]")
+    p.add_argument("--max-image-pixels", type=positive_int, default=env(MAX_PIXELS_ENV, str(DEFAULT_MAX_PIXELS)),
+                   help="refuse images larger than this many pixels, read from the file header before decoding, as "
+                        f"serve does [env {MAX_PIXELS_ENV}; default: %(default)s]")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_model_arguments(p)
-    from label_anything.distributed import add_ray_arguments
-
     add_ray_arguments(p)
-    from label_anything.engine.redis_cache import add_cache_url_arguments
-
     add_cache_url_arguments(p.add_argument_group("shared cache"))
     p.set_defaults(func=cmd_precompute)
     return p
 
 
-def cmd_precompute(args: argparse.Namespace) -> int:
-    from label_anything.cli import load_model_from_args
-    from label_anything.engine.redis_cache import shared_level_from_args
+def _disk_cache(args: argparse.Namespace, shared) -> EmbeddingCache:
+    """The cache ``serve`` reads: a small memory level (64 MiB) so that every embedding goes to disk (and Redis)."""
     from label_anything.engine.weights import default_cache_dir
 
-    shared = shared_level_from_args(args)  # before the model loads: a malformed --cache-url fails at once
-    model = None if args.ray_address else load_model_from_args(args)  # with Ray, each worker loads its own
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    # Small memory level (64 MiB): every embedding goes to disk (and Redis), the levels ``serve`` reads.
-    cache = EmbeddingCache(max_memory_bytes=64 * 2**20, disk_dir=cache_dir / "embeddings", shared=shared)
+    disk_gb = getattr(args, "cache_disk_gb", None)
+    sized = {} if disk_gb is None else {"max_disk_bytes": int(float(disk_gb) * 2**30)}
+    disk_dir = cache_dir / "embeddings" if disk_gb is None or float(disk_gb) > 0 else None
+    cache = EmbeddingCache(max_memory_bytes=64 * 2**20, disk_dir=disk_dir, shared=shared, **sized)
     if cache.disk_dir is None and shared is None:
-        raise LabelAnythingError(f"{cache_dir / 'embeddings'} is not writable; precompute needs a disk cache "
-                                 "or --cache-url")
+        why = "--cache-disk-gb is 0" if disk_dir is None else f"{cache_dir / 'embeddings'} is not writable"
+        raise LabelAnythingError(f"{why}; precompute needs a disk cache or --cache-url")
+    return cache
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from label_anything.batch import refuse_classical_model, refuse_grabcut_fallback
+    from label_anything.cli import load_model_from_args
+    from label_anything.engine.redis_cache import shared_level_from_args
+
+    refuse_grabcut_fallback(args, "precompute")
+    shared = shared_level_from_args(args)  # before the model loads: a malformed --cache-url fails at once
+    cache = _disk_cache(args, shared)
     fetcher = None
     if args.images is not None:
-        names = list(folder_images(args.images))
+        names = list(folder_images(args.images, args.max_image_pixels))
         source: ImageSource = iter(names)
         total: int | None = len(names)
     else:
         from label_anything.labelstudio.images import ImageFetcher
+        from label_anything.labelstudio.server import allowed_image_hosts
 
-        fetcher = ImageFetcher(args.label_studio_url, args.label_studio_api_key, args.local_files_root)
-        source, total = project_images(args.project, fetcher), None
+        fetcher = ImageFetcher(args.label_studio_url, args.label_studio_api_key, args.local_files_root,
+                               max_pixels=args.max_image_pixels, allowed_hosts=allowed_image_hosts(args))
     try:
-        if model is None:
+        if fetcher is not None:
+            # tasks, not images: a task may name several images, but most name one, and it is only an estimate
+            source, total = project_images(args.project, fetcher), project_task_count(args.project, fetcher)
+        if args.ray_address:  # with Ray, each worker loads its own model
             from label_anything.distributed import precompute_on_ray
 
             report, model_id = precompute_on_ray(args, source, cache, total=total)
         else:
+            model = load_model_from_args(args)
+            refuse_classical_model(args, "precompute", model.info.name)
             report = precompute(model, source, cache, progress=args.progress, total=total)
             model_id = model.info.model_id
     finally:
@@ -247,7 +351,9 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         "already_cached": report.cached,
         "failed": report.failed,
         "images_per_s": round(report.images_per_s, 3),
-        "cache": str(cache.disk_dir),
+        "cache": str(cache.disk_dir) if cache.disk_dir is not None else None,
+        "disk_cache_gb": round(cache.max_disk_bytes / 2**30, 3) if cache.disk_dir is not None else None,
+        "disk_cache_short": report.disk_cache_short,
         "shared_cache": shared.display_url if shared is not None else None,
     }))
     return 1 if report.failed and not (report.encoded or report.cached) else 0

@@ -121,21 +121,16 @@ def test_polygon_format_min_score_and_bad_boxes(coco_dataset, mobile_sam_model, 
             assert api.annToMask(api.anns[ann["id"]]).sum() == ann["area"]  # area measures the polygons
 
 
-def test_resume_encodes_only_the_images_left(coco_dataset, mobile_sam_model, rle_run, tmp_path, monkeypatch):
+def test_resume_survives_repeated_interruptions_and_torn_lines(coco_dataset, mobile_sam_model, rle_run, tmp_path,
+                                                               monkeypatch):
+    """Killed mid-write twice in a row: each rerun must keep every complete record, including those it appended
+    after the previous run's torn line (the bug: records after a torn line were never read again)."""
     coco_path, images_dir, _ = coco_dataset
     out = tmp_path / "resumed.json"
+    sidecar = partial_path(out)
 
-    def stop_after_first(image_id) -> None:
+    def stop_after_one(image_id) -> None:
         raise StopError(image_id)
-
-    with pytest.raises(StopError):
-        boxes_to_masks(mobile_sam_model, coco_path, images_dir, out, progress=False, after_image=stop_after_first)
-    assert not out.exists()
-    lines = partial_path(out).read_text().splitlines()
-    assert len(lines) == 2  # fingerprint + one finished image
-    # A torn last line (a crash mid-write) must be ignored, not fatal.
-    with partial_path(out).open("a") as f:
-        f.write('{"image_id": 2, "annotat')
 
     encoded: list[tuple[int, ...]] = []
     real_encode = batch.encode
@@ -145,21 +140,55 @@ def test_resume_encodes_only_the_images_left(coco_dataset, mobile_sam_model, rle
         return real_encode(model, image, *args, **kwargs)
 
     monkeypatch.setattr(batch, "encode", counting_encode)
+    for run in range(2):  # two interrupted runs, each leaving a torn last line as a kill mid-write does
+        with pytest.raises(StopError):
+            boxes_to_masks(mobile_sam_model, coco_path, images_dir, out, progress=False, after_image=stop_after_one)
+        assert len(encoded) == run + 1  # each run encoded exactly one new image
+        assert not out.exists()
+        with sidecar.open("a") as f:
+            f.write('{"image_id": 3, "annotat')
+    assert len(batch.read_progress(sidecar, _fingerprint_of(sidecar)).done) == 2
+
     report = boxes_to_masks(mobile_sam_model, coco_path, images_dir, out, progress=False)
-    assert len(encoded) == 2 and report.images_skipped == 1 and report.images_done == 2
+    assert len(encoded) == 3  # the third image only: neither finished image was encoded again
+    assert report.images_skipped == 2 and report.images_done == 1
     assert json.loads(out.read_text()) == json.loads(rle_run[0].read_text())
-    assert not partial_path(out).exists()
+    assert not sidecar.exists()
+
+
+def _fingerprint_of(sidecar: Path) -> dict:
+    return json.loads(sidecar.read_text().splitlines()[0])["fingerprint"]
+
+
+def _record(image_id, index: str = "0", area: int = 5) -> str:
+    return json.dumps({"image_id": image_id, "annotations": {index: {"area": area}}}) + "\n"
 
 
 def test_progress_of_another_run_is_not_mixed_in(tmp_path):
     from label_anything.batch import read_progress
 
     path = tmp_path / "o.json.partial.jsonl"
-    record = json.dumps({"image_id": 1, "annotations": {"0": {"area": 5}}})
-    path.write_text(json.dumps({"fingerprint": {"model": "a"}}) + "\n" + record + "\n")
-    assert read_progress(path, {"model": "a"}) == {"1": {"0": {"area": 5}}}
-    assert read_progress(path, {"model": "b"}) == {}
-    assert read_progress(tmp_path / "none.jsonl", {"model": "a"}) == {}
+    path.write_text(json.dumps({"fingerprint": {"model": "a"}}) + "\n" + _record(1))
+    assert {k: v.fields for k, v in read_progress(path, {"model": "a"}).done.items()} == {"1": {"0": {"area": 5}}}
+    assert read_progress(path, {"model": "b"}).done == {}
+    assert read_progress(tmp_path / "none.jsonl", {"model": "a"}).done == {}
+
+
+def test_progress_reading_skips_damage_and_knows_where_the_last_record_ends(tmp_path):
+    from label_anything.batch import read_progress
+
+    header = json.dumps({"fingerprint": {"model": "a"}}) + "\n"
+    path = tmp_path / "p.jsonl"
+    good = header + _record(1) + "not json\n" + '{"image_id": 7}\n' + "[1, 2]\n" + _record("b", "2", 9)
+    path.write_text(good + '{"image_id": 3, "annotations": {"4": {"area": 1}}}')  # no newline: torn
+    progress = read_progress(path, {"model": "a"})
+    assert sorted(progress.done) == ['"b"', "1"]  # records after the damaged lines are still read
+    assert progress.end == len(good.encode())  # the torn tail starts here
+    # A header cut short (killed while it was written) is no header: start over.
+    path.write_text(header[:10])
+    assert read_progress(path, {"model": "a"}).end == 0
+    path.write_bytes(b"\xff\xfe" + header.encode())
+    assert read_progress(path, {"model": "a"}).done == {}
 
 
 def test_cli_boxes_to_masks_then_import_coco(coco_dataset, random_checkpoint, rle_run, tmp_path, capsys):
@@ -236,6 +265,8 @@ def test_unreadable_images_and_images_without_a_usable_box(tmp_path):
     out = tmp_path / "out.json"
     report = boxes_to_masks(load_model("classical"), path, images_dir, out, progress=False)
     assert report.images_done == 1 and report.boxes_done == 1
-    assert report.failed == ["ok.png: annotation 3 has no usable bbox [5, 5, 0, 20]", "missing.png"]
+    assert report.failed == ["ok.png: annotation 3 has no usable bbox [5, 5, 0, 20]",
+                             f"missing.png: cannot read image {images_dir / 'missing.png'}: No such file or directory"]
+    assert report.skipped == {"no usable bbox": 1, "image unreadable": 1}
     written = json.loads(out.read_text())["annotations"]
     assert SCORE_FIELD in written[0] and written[1:] == coco["annotations"][1:]

@@ -141,3 +141,61 @@ def test_two_processes_writing_one_entry_never_corrupt_it(tmp_path):
     assert all(p.wait(60) == 0 for p in procs)
     final = embedding_from_bytes((tmp_path / "m-x-1" / "img3.npz").read_bytes())
     assert final.image_digest == "img3" and not list(tmp_path.glob("*/.tmp-*"))
+
+
+@pytest.mark.parametrize("fault", ["replaced-by-a-file", "removed"])
+def test_disk_failing_mid_way_never_fails_a_request(tmp_path, fault):
+    """Threads get/put while the cache folder is removed, or replaced by a file (every write then fails and
+    the disk level is dropped): no request may fail because another one hit the disk error, and every
+    answer is the embedding of its own key."""
+    import shutil
+    import sys
+
+    root = tmp_path / "embeddings"
+    cache = EmbeddingCache(max_memory_bytes=40_000, disk_dir=root, max_disk_bytes=60_000)
+    errors: list[BaseException] = []
+    wrong: list[str] = []
+    start = threading.Barrier(9)
+
+    def worker(n: int) -> None:
+        start.wait()
+        try:
+            for i in range(60):
+                seed = (n * 7 + i) % 25
+                key = cache_key("m-x-1", f"img{seed}")
+                got = cache.get_or_compute(key, lambda s=seed: fake_embedding(s))
+                if got.image_digest != f"img{seed}":
+                    wrong.append(key)
+                if cache.contains(key) and (hit := cache.get(key)) is not None and hit.image_digest != f"img{seed}":
+                    wrong.append(key)
+                cache.put(cache_key("m-x-1", f"img{seed + 100}"), fake_embedding(seed + 100))
+        except BaseException as exc:  # any escape is the failure under test
+            errors.append(exc)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: a check-then-use race shows up in a few runs
+    try:
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        start.wait()
+        time.sleep(0.05)
+        while True:  # the writers recreate the folder as soon as it is gone: retry until the file wins
+            shutil.rmtree(root, ignore_errors=True)
+            if fault == "removed":
+                break
+            try:
+                root.write_text("not a folder")
+                break
+            except IsADirectoryError:
+                continue
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert not errors, errors[:3]
+    assert not wrong
+    if fault == "replaced-by-a-file":
+        assert cache.disk_dir is None  # degraded to memory only, once
+    got = cache.get_or_compute(cache_key("m-x-1", "img3"), lambda: fake_embedding(3))
+    assert got.image_digest == "img3"

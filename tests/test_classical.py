@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,10 +12,7 @@ from label_anything.engine.classical import ClassicalModel, low_res_logits, prio
 from label_anything.engine.prompts import Prompt
 from label_anything.engine.types import Embedding, SegmentationModel
 from label_anything.errors import ImageError, LabelAnythingError, PromptError
-
-# The scene generator lives with the benchmark that reports the same numbers.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from synthetic_scenes import interior_point, iou, make_scene, tight_box
+from label_anything.testing.scenes import interior_point, iou, make_scene, tight_box  # shared with bench/
 
 
 @pytest.fixture(scope="module")

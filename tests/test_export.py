@@ -203,11 +203,13 @@ def test_rectangles_and_unsupported(tmp_path: Path, imgs: Path) -> None:
     choice = {"id": "c", "type": "choices", "from_name": "c", "to_name": "image", "value": {"choices": ["ok"]}}
     tasks = [task(1, "/x/a.png", [rectangle(10, 20, 30, 40, w, h, "car"), choice])]
     coco, result = run(tmp_path, tasks)
-    [ann] = coco["annotations"]
-    assert ann["segmentation"] == [] and ann["bbox"] == [10.0, 20.0, 30.0, 40.0] and ann["area"] == 1200
+    assert coco["annotations"] == []  # masks only: the box is in boxes.json
+    [ann] = json.loads((tmp_path / "out/annotations/boxes.json").read_text())["annotations"]
+    assert ann["bbox"] == [10.0, 20.0, 30.0, 40.0] and ann["area"] == 1200
     assert result.tally.dropped["unsupported result type 'choices'"] == 1
     coco, result = run(tmp_path, tasks, skip_boxes=True)
     assert coco["annotations"] == [] and result.tally.skipped["box-only region (--skip-boxes)"] == 1
+    assert not (tmp_path / "out/annotations/boxes.json").exists()  # not left over from the run before
     assert "not converted: 1 × unsupported result type 'choices'" in result.summary()
 
 
@@ -218,7 +220,7 @@ def test_strict_writes_no_annotation_file(tmp_path: Path, imgs: Path) -> None:
     leftovers = list((tmp_path / "out" / "annotations").iterdir())
     assert leftovers == []  # no ann.json, no spool, no temp file
     coco, result = run(tmp_path, tasks)  # not strict: converted, the missing image counted
-    assert len(coco["annotations"]) == 1 and result.tally.dropped
+    assert len(coco["annotations"]) == 1 and result.tally.images_dropped and result.tally.losses() == 1
     assert "image not found" in result.summary()
 
 
@@ -239,12 +241,13 @@ def test_annotation_choice_cancelled_and_empty_tasks(tmp_path: Path, imgs: Path)
     assert next(i for i in coco["images"] if i["id"] == 7)[("width")] == 64  # size from the file
     by_image = {i: [a for a in coco["annotations"] if a["image_id"] == i] for i in (5, 6, 7, 8)}
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    assert [names[a["category_id"]] for a in by_image[5]] == ["new", "new"]
-    assert [names[a["category_id"]] for a in by_image[6]] == ["new", "new"]
+    assert [names[a["category_id"]] for a in by_image[5]] == ["new"]  # and its box, in boxes.json
+    assert [names[a["category_id"]] for a in by_image[6]] == ["new"]
     assert by_image[7] == [] and by_image[8] == []
-    assert result.tally.skipped["cancelled annotation"] == 1
+    assert result.tally.skipped["region of a cancelled annotation"] == 1
     assert sum(v for k, v in result.tally.skipped.items() if "older annotation" in k) == 1
-    coco, _ = run(tmp_path, tasks, all_annotations=True)
+    assert result.tally.skipped["region of a prediction (only annotations are exported)"] == 1
+    coco, _ = run(tmp_path, tasks, all_annotations=True, boxes_as_masks=True)
     assert len([a for a in coco["annotations"] if a["image_id"] == 5]) == 3
 
 
@@ -294,7 +297,7 @@ def test_yolo_seg_format(tmp_path: Path, imgs: Path) -> None:
     tasks = [task(1, "/x/coins.jpg", [brush(c, "coin"), rectangle(5, 5, 20, 10, w, h, "box", "r")]),
              task(2, "/x/none.jpg")]
     tasks[1]["annotations"] = [{"id": 3, "result": [polygon([(1, 1), (50, 1), (50, 40)], w, h, "tri")]}]
-    _, _result = run(tmp_path, tasks, fmt="yolo-seg", val_ratio=0.5)
+    _, _result = run(tmp_path, tasks, fmt="yolo-seg", val_ratio=0.5, boxes_as_masks=True)
     out = tmp_path / "out"
     lines = (out / "labels" / "coins.txt").read_text().splitlines()
     assert len(lines) == 2
@@ -389,7 +392,7 @@ def test_upload_dir_and_local_files_root(tmp_path: Path, monkeypatch: pytest.Mon
     _coco, result = run(tmp_path, tasks, locator=ImageLocator(download=False))
     assert result.n_images_copied == 2
     assert sorted(p.name for p in (tmp_path / "out/images").iterdir()) == ["abc12345-cat 1.png", "dog.png"]
-    assert result.tally.dropped["image not found (use --images-root or LABEL_STUDIO_URL)"] == 1
+    assert result.tally.images_dropped["image not found (use --images-root or LABEL_STUDIO_URL)"] == 1
 
 
 @pytest.mark.parametrize("token_kind", ["pat", "legacy"])
@@ -426,12 +429,20 @@ def test_fetch_from_label_studio(tmp_path: Path, token_kind: str) -> None:
 
 # -- preview, entry point, streaming -----------------------------------------------------------------------
 def test_preview(tmp_path: Path, imgs: Path) -> None:
-    from label_anything.export.preview import preview
+    """Masks are tinted where they are, boxes outlined where they are, and the rest of the photo is untouched."""
+    from label_anything.export.preview import class_colour, preview
 
-    h, w = donut().shape
+    ring = donut()
+    h, w = ring.shape
     for name in ("a.png", "b.png"):
         save_image(imgs, name, w, h)
-    tasks = [task(1, "/x/a.png", [brush(donut(), "ring"), rectangle(2, 2, 30, 20, w, h, "box", "r")]),
+    source = np.asarray(Image.open(imgs / "a.png").convert("RGB")).astype(int)
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot(yy - h / 2, xx - w / 2)
+    inside = (r > 23) & (r < 47) & (yy > 40)  # the ring, away from its outline, box and label
+    near_lines = (np.abs(xx - 30) <= 2) | (np.abs(xx - 129) <= 2) | (np.abs(yy - 109) <= 2)
+    outside = (r > 56) & (yy > 30) & ~near_lines
+    tasks = [task(1, "/x/a.png", [brush(ring, "ring"), rectangle(2, 2, 30, 20, w, h, "box", "r")]),
              task(2, "/x/b.png", [polygon([(10, 10), (90, 10), (50, 70)], w, h, "tri")])]
     for fmt in ("coco-rle", "yolo-seg"):
         run(tmp_path, tasks, fmt=fmt)
@@ -439,9 +450,13 @@ def test_preview(tmp_path: Path, imgs: Path) -> None:
         assert info["drawn"] == 2
         sheet = np.asarray(Image.open(info["sheet"]))
         assert sheet.shape[0] >= 256 and sheet.shape[1] >= 512
-        drawn = np.asarray(Image.open(tmp_path / f"pv-{fmt}" / "a.png"))
+        drawn = np.asarray(Image.open(tmp_path / f"pv-{fmt}" / "a.png")).astype(int)
         assert drawn.shape == (h, w, 3)
-        if fmt == "coco-rle":
+        tinted = (0.5 * source + 0.5 * np.array(class_colour(0))).astype(np.uint8)
+        np.testing.assert_array_equal(drawn[inside], tinted[inside])
+        np.testing.assert_array_equal(drawn[outside], source[outside])
+        if fmt == "coco-rle":  # the box-only region, from boxes.json: its left edge in its class colour
+            assert (drawn[14:22, 2] == class_colour(1)).all()
             import shutil
 
             shutil.rmtree(tmp_path / "out")
@@ -476,37 +491,6 @@ def test_not_an_export(tmp_path: Path) -> None:
     assert not (tmp_path / "o" / "annotations" / "ann.json").exists()
 
 
-def test_smart_click_answer_is_one_object(tmp_path: Path, imgs: Path) -> None:
-    """Brush + its box + its polygon (what a smart click answers with --out-bbox --out-poly) → one object;
-    a box or polygon of another object, or of another label, stays."""
-    from label_anything.masks import mask_to_polygons, mask_to_xyxy
-
-    mask = donut()
-    h, w = mask.shape
-    save_image(imgs, "a.png", w, h)
-    x0, y0, x1, y1 = mask_to_xyxy(mask)
-    (outline,) = mask_to_polygons(mask)
-    results = [
-        brush(mask, "ring"),
-        rectangle(x0, y0, x1 - x0, y1 - y0, w, h, "ring", rid="r1"),
-        polygon([tuple(p) for p in outline], w, h, "ring", rid="p1"),
-        rectangle(2, 2, 10, 10, w, h, "ring", rid="r2"),  # another object
-        rectangle(x0, y0, x1 - x0, y1 - y0, w, h, "other", rid="r3"),  # same box, another label
-    ]
-    export = write_export(tmp_path / "e.json", [task(1, "/data/upload/9/a.png", results)])
-    out = tmp_path / "o"
-    summary = convert(export, out, fmt="coco-rle", locator=ImageLocator(imgs, download=False), progress=False)
-    anns = json.loads((out / "annotations" / "ann.json").read_text())["annotations"]
-    assert len(anns) == 3
-    assert sorted(bool(a["segmentation"]) for a in anns) == [False, False, True]
-    assert summary.tally.skipped["box of a mask region of the same label (one object)"] == 1
-    assert summary.tally.skipped["polygon outlining a brush mask of the same label (one object)"] == 1
-    kept = convert(export, tmp_path / "o2", fmt="coco-rle", locator=ImageLocator(imgs, download=False),
-                   progress=False, merge_suggestions=False)
-    assert len(json.loads((tmp_path / "o2" / "annotations" / "ann.json").read_text())["annotations"]) == 5
-    assert not kept.tally.skipped
-
-
 def test_brush_rle_of_another_size_is_a_counted_loss(tmp_path: Path, imgs: Path) -> None:
     """An RLE whose length does not match original_width × original_height: counted, never decoded wrong."""
     h, w = donut().shape
@@ -518,3 +502,230 @@ def test_brush_rle_of_another_size_is_a_counted_loss(tmp_path: Path, imgs: Path)
     assert len(coco["annotations"]) == 1
     assert sum(result.tally.dropped.values()) == 1
     assert any("rle" in reason.lower() or "brush" in reason.lower() for reason in result.tally.dropped)
+
+
+# -- trust: defects of issue 13 ----------------------------------------------------------------------------
+def smart_answer(mask: np.ndarray, label: str) -> list[dict]:
+    """The regions the backend answers one smart click with (--out-mask --out-bbox --out-poly)."""
+    from label_anything.labelstudio.context import Click
+    from label_anything.labelstudio.results import OutputOptions, mask_results
+
+    h, w = mask.shape
+    click = Click(to_name="image", from_name="kp", label=label, width=w, height=h, rotation=0.0,
+                  points=np.zeros((0, 2), np.float32), point_labels=np.zeros(0, np.int32), box=None)
+    controls = {"brushlabels": "tag", "rectanglelabels": "rect", "polygonlabels": "poly"}
+    return mask_results(mask, 0.9, click, controls, OutputOptions(mask=True, bbox=True, poly=True, poly_min_area=0))
+
+
+def test_degenerate_polygon_is_counted_not_fatal(tmp_path: Path, imgs: Path) -> None:
+    """Collinear and sub-pixel polygons cover no pixel: counted, and the rest of the export is converted."""
+    h, w = donut().shape
+    results = [brush(donut(), "ring"),
+               polygon([(10, 10), (20, 20), (30, 30)], w, h, "ring", rid="line"),
+               polygon([(5.1, 5.1), (5.3, 5.1), (5.2, 5.3)], w, h, "ring", rid="speck")]
+    coco, result = run(tmp_path, [task(1, "/x/a.png", results)])
+    assert len(coco["annotations"]) == 1
+    assert result.tally.dropped["polygon region that covers no pixel"] == 2
+
+
+def _loads_in_pycocotools(path: Path) -> list[np.ndarray]:
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(path))
+    return [coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds())]
+
+
+@pytest.mark.parametrize("fmt", ["coco-rle", "coco-polygon"])
+def test_box_only_regions_go_to_a_detection_file(tmp_path: Path, imgs: Path, fmt: str) -> None:
+    """ann.json holds masks only (every annotation loads with annToMask); boxes go to boxes.json, counted."""
+    h, w = donut().shape
+    tasks = [task(1, "/x/a.png", [brush(donut(), "ring"), rectangle(10, 20, 30, 40, w, h, "car")])]
+    coco, result = run(tmp_path, tasks, fmt=fmt)
+    masks = _loads_in_pycocotools(tmp_path / "out/annotations/ann.json")
+    assert len(masks) == 1 and iou(masks[0].astype(bool), donut()) > (0.999 if fmt == "coco-rle" else 0.95)
+    assert result.tally.skipped["box-only region (no mask): written to annotations/boxes.json"] == 1
+    boxes = json.loads((tmp_path / "out/annotations/boxes.json").read_text())
+    [box] = boxes["annotations"]
+    assert box["bbox"] == [10.0, 20.0, 30.0, 40.0] and box["area"] == 1200 and "segmentation" not in box
+    assert box["id"] != coco["annotations"][0]["id"]  # the files can be merged later
+    assert [c["name"] for c in boxes["categories"]] == [c["name"] for c in coco["categories"]]
+    assert boxes["images"] == coco["images"]
+    assert tmp_path / "out/annotations/boxes.json" in result.files
+
+
+@pytest.mark.parametrize("fmt", ["coco-rle", "coco-polygon"])
+def test_boxes_as_masks(tmp_path: Path, imgs: Path, fmt: str) -> None:
+    h, w = donut().shape
+    tasks = [task(1, "/x/a.png", [rectangle(10, 20, 30, 40, w, h, "car")])]
+    _, result = run(tmp_path, tasks, fmt=fmt, boxes_as_masks=True)
+    [mask] = _loads_in_pycocotools(tmp_path / "out/annotations/ann.json")
+    expected = np.zeros((h, w), bool)
+    expected[20:60, 10:40] = True
+    assert np.array_equal(mask.astype(bool), expected)
+    assert not (tmp_path / "out/annotations/boxes.json").exists() and not result.tally.skipped
+
+
+def test_yolo_seg_writes_no_box_as_a_segment(tmp_path: Path, imgs: Path) -> None:
+    h, w = donut().shape
+    tasks = [task(1, "/x/a.png", [brush(donut(), "ring", rid="b"), rectangle(10, 20, 30, 40, w, h, "car")])]
+    _, result = run(tmp_path, tasks, fmt="yolo-seg")
+    lines = (tmp_path / "out/labels/a.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("0 ")
+    assert sum(n for r, n in result.tally.dropped.items() if r.startswith("box-only region")) == 1
+    _, result = run(tmp_path, tasks, fmt="yolo-seg", boxes_as_masks=True)
+    lines = (tmp_path / "out/labels/a.txt").read_text().splitlines()
+    xy = np.array(lines[1].split()[1:], dtype=float).reshape(-1, 2) * [w, h]
+    assert np.allclose(sorted(map(tuple, xy)), [(10, 20), (10, 60), (40, 20), (40, 60)])
+    assert not result.tally.dropped
+
+
+def test_image_of_another_size_is_dropped_with_its_regions(tmp_path: Path, imgs: Path) -> None:
+    """Region coordinates are relative to original_width/height: a file of another size cannot carry them."""
+    h, w = donut().shape
+    save_image(imgs, "small.png", w // 2, h // 2)
+    save_image(imgs, "good.png", w, h)
+    tasks = [task(1, "/x/small.png", [brush(donut(), "ring"), rectangle(1, 1, 5, 5, w, h, "ring", "r")]),
+             task(2, "/x/good.png", [brush(donut(), "ring")])]
+    coco, result = run(tmp_path, tasks)
+    assert [i["file_name"] for i in coco["images"]] == ["good.png"]
+    assert {a["image_id"] for a in coco["annotations"]} == {2}
+    assert not (tmp_path / "out/images/small.png").exists()
+    reason = "image whose file size differs from original_width/height of its regions"
+    assert result.tally.images_dropped[reason] == 1
+    assert result.tally.dropped[f"region of an {reason}"] == 2
+    assert result.n_images == 1 and result.n_annotations == 1
+    with pytest.raises(StrictError, match="file size differs"):
+        run(tmp_path, tasks, strict=True)
+    _, ok = run(tmp_path, tasks[1:], strict=True)  # the good image alone passes --strict
+    assert ok.n_annotations == 1
+
+
+def test_object_inside_a_mask_is_not_a_duplicate(tmp_path: Path, imgs: Path) -> None:
+    """A cell drawn inside a tissue mask of the same label is an object of its own."""
+    tissue = np.zeros((120, 160), bool)
+    tissue[10:110, 10:150] = True
+    results = [brush(tissue, "cell", rid="aB3dE5fG7h"),
+               polygon([(40, 40), (60, 40), (60, 60), (40, 60)], 160, 120, "cell", rid="Kq2Lm9Np0R"),
+               rectangle(10, 10, 140, 100, 160, 120, "cell", rid="Zx8Cv7Bn6M")]
+    coco, result = run(tmp_path, [task(1, "/x/a.png", results)])
+    assert len(coco["annotations"]) == 2 and not result.tally.dropped
+    boxes = json.loads((tmp_path / "out/annotations/boxes.json").read_text())
+    assert len(boxes["annotations"]) == 1  # not "the box of the mask": nothing says it is
+
+
+def test_smart_click_answer_ids_mark_one_object(tmp_path: Path, imgs: Path) -> None:
+    """The backend's answer (brush + box + polygons, one id prefix) is one object; nothing else merges."""
+    ring = donut()
+    h, w = ring.shape
+    two = np.zeros((h, w), bool)
+    two[10:30, 10:30] = two[60:90, 100:150] = True
+    answer = smart_answer(ring, "ring")
+    parts_only = [r for r in smart_answer(two, "blob") if r["type"] == "polygonlabels"]
+    from label_anything.labelstudio.results import answer_of
+
+    assert len(parts_only) == 2 and len({r["id"] for r in answer + parts_only}) == len(answer) + 2
+    assert len({answer_of(r["id"]) for r in answer}) == 1 and None not in {answer_of(r["id"]) for r in answer}
+    others = [rectangle(2, 2, 10, 10, w, h, "ring", rid="r2")]
+    coco, result = run(tmp_path, [task(1, "/x/a.png", answer + parts_only + others)], fmt="coco-polygon")
+    anns = coco["annotations"]
+    assert len(anns) == 2  # the ring (its brush), the two-part blob as one annotation
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    by_name = {names[a["category_id"]]: a for a in anns}
+    drawn = [np.array(r["value"]["points"]) * np.array([w, h]) / 100 for r in parts_only]  # as the export reads them
+    assert np.array_equal(polygons_to_mask(by_name["blob"]["segmentation"], h, w), polygons_to_mask(drawn, h, w))
+    assert iou(polygons_to_mask(drawn, h, w), two) > 0.9
+    assert by_name["ring"]["area"] == int(ring.sum())
+    n_polys = sum(r["type"] == "polygonlabels" for r in answer)
+    assert result.tally.skipped["box of a smart-click answer that has a mask (one object)"] == 1
+    assert result.tally.skipped["polygon of a smart-click answer that has a brush mask (one object)"] == n_polys
+    assert result.tally.skipped["polygon part joined to the other parts of its smart-click answer"] == 1
+    assert json.loads((tmp_path / "out/annotations/boxes.json").read_text())["annotations"][0]["bbox"] == \
+        [2.0, 2.0, 10.0, 10.0]
+    coco, kept = run(tmp_path, [task(1, "/x/a.png", answer + parts_only + others)], merge_suggestions=False)
+    assert len(coco["annotations"]) == len(answer) - 1 + 2 and not kept.tally.dropped
+
+
+def test_exif_rotated_image_is_written_upright(tmp_path: Path, imgs: Path) -> None:
+    """Stored 64x40 with orientation 6 (shown 40x64): written upright, without the tag; others copied as is."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    stored = np.zeros((40, 64, 3), np.uint8)
+    stored[:, :32] = (250, 10, 10)  # left half red: after a 90° turn clockwise, the top half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "camera maker"  # other tags survive
+    Image.fromarray(stored).save(imgs / "turned.jpg", quality=95, exif=exif)
+    Image.fromarray(rng.integers(0, 255, (64, 40, 3), dtype=np.uint8)).save(imgs / "plain.jpg", quality=90)
+    mask = np.zeros((64, 40), bool)
+    mask[:32] = True
+    tasks = [task(1, "/x/turned.jpg", [brush(mask, "red")]), task(2, "/x/plain.jpg", [brush(mask, "red")])]
+    coco, result = run(tmp_path, tasks)
+    assert not result.tally.dropped and not result.tally.images_dropped
+    out = Image.open(tmp_path / "out/images/turned.jpg")
+    assert out.size == (40, 64) and out.getexif().get(0x0112, 1) == 1
+    assert out.getexif().get(0x010F) == "camera maker"
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(imgs / "turned.jpg")), dtype=float)
+    assert np.abs(np.asarray(out, dtype=float) - expected).mean() < 2.0  # high-quality re-encode
+    assert np.asarray(out)[:32, :, 0].mean() > 200 and np.asarray(out)[32:, :, 0].mean() < 60
+    assert (tmp_path / "out/images/plain.jpg").read_bytes() == (imgs / "plain.jpg").read_bytes()
+    assert result.n_images_upright == 1
+    assert "1 images written upright (EXIF orientation applied)" in result.summary()
+    assert [(i["width"], i["height"]) for i in coco["images"]] == [(40, 64), (40, 64)]
+
+
+class _Server:
+    """A loopback HTTP server in a thread; ``routes`` maps a path to (status, headers, body)."""
+
+    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
+        import http.server
+        import threading
+
+        self.hits: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits.append(self.path)
+                status, headers, body = routes.get(self.path, (404, {}, b""))
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_redirect_to_another_host_is_not_followed(tmp_path: Path) -> None:
+    png = save_image(tmp_path, "p.png", 160, 120).read_bytes()
+    other = _Server({"/p.png": (200, {"Content-Type": "image/png"}, png)})
+    first = _Server({"/away.png": (302, {"Location": other.url + "/p.png"}, b""),
+                     "/here.png": (302, {"Location": "/p.png"}, b""),
+                     "/p.png": (200, {"Content-Type": "image/png"}, png)})
+    try:
+        tasks = [task(1, first.url + "/away.png", [brush(donut(), "ring")]),
+                 task(2, first.url + "/here.png", [brush(donut(), "ring")])]
+        locator = ImageLocator(upload_dir=tmp_path / "none", label_studio_url="", api_key="")
+        _, result = run(tmp_path, tasks, locator=locator)
+        assert other.hits == []  # never contacted
+        assert sum(result.tally.images_dropped.values()) == 1
+        [reason] = result.tally.images_dropped
+        assert "redirected" in reason and "--allow-image-host" in reason
+        assert sorted(p.name for p in (tmp_path / "out/images").iterdir()) == ["here.png"]  # same origin: followed
+        allowed = ImageLocator(upload_dir=tmp_path / "none", label_studio_url="", api_key="",
+                               allowed_hosts=[other.url.removeprefix("http://")])
+        _, result = run(tmp_path, tasks, locator=allowed)
+        assert other.hits == ["/p.png"] and not result.tally.images_dropped
+    finally:
+        first.close()
+        other.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from label_anything.labelstudio.context import (
@@ -97,11 +97,37 @@ def test_malformed_contexts_are_context_errors(context):
         parse_context(context)
 
 
-@given(st.floats(0, 100, allow_nan=False), st.integers(1, 20000))
-def test_percent_round_trip_does_not_drift(percent, size):
-    assert pixels_to_percent(percent_to_pixels(percent, size), size) == pytest.approx(
-        percent, rel=1e-12, abs=1e-12
-    )
+@given(
+    st.floats(1, 99, allow_nan=False),
+    st.floats(1, 99, allow_nan=False),
+    st.integers(2, 20000),
+    st.integers(2, 20000),
+)
+def test_percent_round_trip_keeps_each_axis(x, y, width, height):
+    """Percent of a non-square image → pixels (x of the width, y of the height) → percent, through the
+    click the backend builds: a swap of width and height, or of x and y, moves the point."""
+    assume(width != height and abs(x - y) > 1e-6)
+    click = parse_context({"result": [dict(keypoint(x, y), original_width=width, original_height=height)]})
+    assert (click.width, click.height) == (width, height)
+    (px, py), = click.points.astype(np.float64)
+    assert (px, py) == (pytest.approx(x / 100 * width, rel=1e-6), pytest.approx(y / 100 * height, rel=1e-6))
+    assert pixels_to_percent(percent_to_pixels(x, click.width), click.width) == pytest.approx(x, rel=1e-12)
+    assert pixels_to_percent(percent_to_pixels(y, click.height), click.height) == pytest.approx(y, rel=1e-12)
+
+
+def test_answer_box_is_in_percent_of_each_axis():
+    """A mask on a 451x300 image, away from the diagonal (columns 10-39, rows 200-249): the answered
+    rectangle, read back as Label Studio does, covers exactly those pixels."""
+    from label_anything.labelstudio.results import OutputOptions, mask_results
+
+    mask = np.zeros((H, W), bool)
+    mask[200:250, 10:40] = True
+    click = parse_context({"result": [keypoint(5, 70)]})
+    (region,) = mask_results(mask, 0.9, click, {"rectanglelabels": "r"}, OutputOptions(mask=False, bbox=True))
+    v = region["value"]
+    assert (region["original_width"], region["original_height"]) == (W, H)
+    corners = (v["x"] * W / 100, v["y"] * H / 100, (v["x"] + v["width"]) * W / 100, (v["y"] + v["height"]) * H / 100)
+    assert corners == tuple(pytest.approx(c, abs=1e-9) for c in (10, 200, 40, 250))
 
 
 def test_refine_memory_needs_all_old_points_plus_a_new_one():

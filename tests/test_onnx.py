@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import time
+
 import numpy as np
 import pytest
 
@@ -10,6 +15,7 @@ pytest.importorskip("onnx")
 
 from label_anything.engine import Prompt, decode, encode, load_model
 from label_anything.engine.onnx_decoder import (
+    OnnxDecoder,
     choose_decoder,
     disable_onnx_decoder,
     enable_onnx_decoder,
@@ -67,7 +73,63 @@ def test_onnx_masks_equal_torch_masks(model, chelsea):
 def test_choose_decoder(model):
     assert choose_decoder(model, "torch", model.cache_dir) == "torch" and model.onnx_decoder is None
     assert choose_decoder(model, "onnx", model.cache_dir) == "onnx" and model.onnx_decoder is not None
-    assert choose_decoder(model, "auto", model.cache_dir, trials=2) in ("torch", "onnx")
     disable_onnx_decoder(model)
     with pytest.raises(ValueError):
         choose_decoder(model, "tensorrt")
+
+
+def _slowed(run, seconds: float):
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return run(*args, **kwargs)
+
+    return slow
+
+
+@pytest.mark.parametrize("slow", ["torch", "onnx"])
+def test_auto_keeps_the_faster_decoder(model, monkeypatch, caplog, slow):
+    """One runtime made 500 ms slower per click (ten times either's real cost here, and above the noise of
+    a busy shared CPU in the median of 3): auto must keep the other one, and log both timings, the kept
+    one lower."""
+    if slow == "torch":
+        monkeypatch.setattr(model, "_decode_torch", _slowed(model._decode_torch, 0.5))
+    else:
+        monkeypatch.setattr(OnnxDecoder, "run", _slowed(OnnxDecoder.run, 0.5))
+    caplog.set_level(logging.INFO, logger="label_anything.engine.onnx_decoder")
+    import torch
+
+    threads = torch.get_num_threads()
+    # One thread each: on a CPU shared with other jobs, a multi-threaded PyTorch decode waits at every
+    # op's barrier for a descheduled thread and was measured at 400-650 ms instead of 60.
+    torch.set_num_threads(1)
+    try:
+        chosen = choose_decoder(model, "auto", model.cache_dir, trials=3)
+        assert chosen == ("onnx" if slow == "torch" else "torch")
+        assert (model.onnx_decoder is not None) == (chosen == "onnx")
+    finally:
+        torch.set_num_threads(threads)
+        disable_onnx_decoder(model)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoder:")]
+    kept_ms, other_ms = (float(v) for v in re.findall(r"\(([\d.]+) ms\)", line))
+    assert kept_ms < other_ms and other_ms >= 500, line
+
+
+def test_workers_share_the_cores_with_onnx_runtime(model, monkeypatch):
+    """``serve --workers N`` gives each worker cores // N threads: ONNX Runtime's session as well as PyTorch."""
+    import torch
+
+    from label_anything.labelstudio.server import _share_cpu_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        _share_cpu_cores(2)
+        assert torch.get_num_threads() == max(1, cores // 2)
+        assert enable_onnx_decoder(model, model.cache_dir)
+        assert model.onnx_decoder.session.get_session_options().intra_op_num_threads == max(1, cores // 2)
+        enable_onnx_decoder(model, model.cache_dir, threads=3)  # an explicit count wins
+        assert model.onnx_decoder.session.get_session_options().intra_op_num_threads == 3
+    finally:
+        torch.set_num_threads(before)
+        disable_onnx_decoder(model)

@@ -250,9 +250,43 @@ def test_worker_layout_defaults():
     assert worker_layout(cpu_nodes, PoolOptions("auto", workers=3, cpus_per_worker=1)) == (3, 0.0, 1)
 
 
+def _client_server_failure() -> Exception:
+    """What ``ray.init("ray://...")`` raises when the head's Ray Client proxy fails to start the client's own
+    server (seen on a busy 2-core head; it cannot be caused on purpose). Made by Ray's code itself, not typed
+    here: the proxy's ``Datapath`` (told that the server did not start) answers the init request, and the
+    client's ``Worker._server_init`` turns that answer into the exception, as they do over gRPC."""
+    from types import SimpleNamespace
+
+    from ray.core.generated import ray_client_pb2
+    from ray.util.client import worker as client_worker
+    from ray.util.client.server import proxier
+
+    class ServerThatDoesNotStart:
+        def create_specific_server(self, client_id):
+            return SimpleNamespace(port=23000, set_result=lambda result: None)
+
+        def start_specific_server(self, client_id, job_config) -> bool:
+            return False
+
+    class Context:
+        def invocation_metadata(self):
+            return [("client_id", "test-client"), ("reconnecting", "False")]
+
+    def init(request):
+        stream = proxier.DataServicerProxy(ServerThatDoesNotStart()).Datapath(
+            iter([ray_client_pb2.DataRequest(req_id=1, init=request)]), Context())
+        return next(iter(stream)).init
+
+    try:
+        client_worker.Worker._server_init(SimpleNamespace(data_client=SimpleNamespace(Init=init),
+                                                          _reconnect_grace_period=0), None, {})
+    except Exception as exc:  # whatever Ray raises is what connect() gets
+        return exc
+    raise AssertionError("Ray's client accepted a failed init")
+
+
 class _FlakyRay:
-    """Stands in for ``ray`` where the head's Ray Client proxy fails to start the client's server ``failures``
-    times (seen on a busy 2-core head; it cannot be caused on purpose)."""
+    """Stands in for ``ray``: its ``init`` raises Ray's own client-server failure ``failures`` times."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
@@ -262,7 +296,7 @@ class _FlakyRay:
     def init(self, **kwargs) -> None:
         self.calls += 1
         if self.calls <= self.failures:
-            raise RuntimeError("Starting Ray client server failed. See ray_client_server_23000.err for detailed logs.")
+            raise _client_server_failure()
 
     def shutdown(self) -> None:
         self.shutdowns += 1
@@ -280,11 +314,99 @@ def test_ray_client_server_that_fails_to_start_is_tried_again(monkeypatch, caplo
     assert "client server did not start (try 1 of 3)" in caplog.text
 
     always = _FlakyRay(failures=99)
-    with pytest.raises(LabelAnythingError, match=r"cannot reach the Ray cluster .* client server failed"):
+    with pytest.raises(LabelAnythingError) as err:
         distributed.connect(always, "ray://127.0.0.1:10001")
     assert always.calls == distributed.CLIENT_ATTEMPTS
+    # one line that says what failed and where to look, not Ray's "Initialization failure from server:"
+    assert str(err.value) == ("cannot reach the Ray cluster at 'ray://127.0.0.1:10001': RuntimeError: Starting Ray "
+                              "client server failed. See ray_client_server_23000.err for detailed logs.")
     # not a Ray Client address: no second try
     head = _FlakyRay(failures=1)
     with pytest.raises(LabelAnythingError):
         distributed.connect(head, "127.0.0.1:6379")
     assert head.calls == 1
+
+
+class _Ref:
+    """An object ref of ``_ScriptedRay``: a call that finishes ``duration`` ticks after it was submitted."""
+
+    def __init__(self, finish: float, run) -> None:
+        self.finish, self.run = finish, run
+
+
+class _ScriptedRay:
+    """Stands in for ``ray`` in ``RayPool.map``: ``wait`` hands back the in-flight call that finishes first
+    (by the duration its job names), so jobs finish in another order than they were submitted. ``get`` runs
+    the call as the worker would, and a call can fail with a real Ray exception."""
+
+    exceptions = ray.exceptions
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.finished_order: list = []
+
+    def actor(self, name: str):
+        scripted = self
+
+        class Method:
+            def remote(self, fn, *args):
+                job = args[0]
+                return _Ref(scripted.now + job["duration"], lambda: (name, fn("model", *args)))
+
+        return type("Actor", (), {"run": Method()})()
+
+    def wait(self, refs, num_returns: int = 1):
+        first = min(refs, key=lambda ref: ref.finish)
+        self.now = max(self.now, first.finish)
+        return [first], [ref for ref in refs if ref is not first]
+
+    def get(self, ref):
+        where, result = ref.run()
+        self.finished_order.append(result["tag"])
+        return where, result
+
+
+def _double(model, job: dict) -> dict:
+    """A module-level call as the pool sends them: its result says which job it was."""
+    if job.get("fail"):
+        raise ray.exceptions.WorkerCrashedError()
+    return {"tag": job["tag"], "value": 2 * job["value"], "model": model}
+
+
+def test_pool_map_gives_results_matched_to_their_jobs_when_they_finish_out_of_order():
+    from label_anything.distributed import CALLS_PER_WORKER, RayPool
+
+    scripted = _ScriptedRay()
+    pool = RayPool(scripted, [scripted.actor("w0"), scripted.actor("w1")], "model-id", ["w0", "w1"])
+    durations = [9, 1, 5, 1, 1, 7, 2, 1, 3, 1, 8, 1]
+    jobs = [{"tag": f"job{i}", "value": i, "duration": d} for i, d in enumerate(durations)]
+    taken: list[int] = []
+
+    def calls():
+        for i, job in enumerate(jobs):
+            taken.append(i)
+            yield job["tag"], (job,)
+
+    yielded = []
+    for tag, where, result in pool.map(_double, calls()):
+        # never more than 2 * CALLS_PER_WORKER per worker taken ahead of what was handed back
+        assert len(taken) - len(yielded) <= 2 * CALLS_PER_WORKER * 2
+        yielded.append((tag, where, result))
+    assert [tag for tag, _, _ in yielded] == [job["tag"] for job in jobs]  # input order
+    for (tag, where, result), job in zip(yielded, jobs, strict=True):
+        assert result == {"tag": tag, "value": 2 * job["value"], "model": "model"} and where in ("w0", "w1")
+    assert scripted.finished_order != [job["tag"] for job in jobs]  # they did finish out of order
+    assert {where for _, where, _ in yielded} == {"w0", "w1"}
+
+
+def test_pool_map_turns_a_worker_failure_into_one_line():
+    from label_anything.distributed import RayPool
+    from label_anything.errors import LabelAnythingError
+
+    scripted = _ScriptedRay()
+    pool = RayPool(scripted, [scripted.actor("w0")], "model-id", ["w0"])
+    jobs = [{"tag": "a", "value": 1, "duration": 1}, {"tag": "b", "value": 2, "duration": 1, "fail": True}]
+    results = pool.map(_double, ((job["tag"], (job,)) for job in jobs))
+    assert next(results)[0] == "a"
+    with pytest.raises(LabelAnythingError, match=r"^Ray worker failed on b: .*run the command again to resume"):
+        next(results)

@@ -7,8 +7,12 @@ its own stateful ``SAM2ImagePredictor``; weights are seeded random, saved in the
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import re
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -19,7 +23,7 @@ pytest.importorskip("sam2.build_sam", reason="SAM 2 needs rf-sam-2")
 from label_anything.engine import Prompt, decode, encode, load_model
 from label_anything.engine.cache import embedding_from_bytes, embedding_to_bytes, to_storage_dtype
 from label_anything.engine.models import choose_model
-from label_anything.engine.sam2 import build_sam2_network
+from label_anything.engine.sam2 import SAM2_CONFIGS, build_sam2_network
 from label_anything.engine.weights import CHECKPOINTS, find_spec
 from label_anything.errors import CheckpointError
 
@@ -158,12 +162,23 @@ def test_embedding_from_another_model_is_refused(sam2_checkpoints, mobile_sam_mo
         decode(model, encode(mobile_sam_model, small), Prompt.from_lists([(10, 10)]))
 
 
-def test_registry_has_the_official_sam2_1_checkpoints():
-    for config, size in (("tiny", 156008466), ("small", 184416285), ("base_plus", 323606802), ("large", 898083611)):
-        spec = find_spec("sam2", config)
-        assert spec is not None and spec.name == f"sam2.1_hiera_{config}" and CHECKPOINTS[spec.name] is spec
-        assert spec.filename == f"sam2.1_hiera_{config}.pt" and spec.size == size and len(spec.sha256) == 64
-        assert spec.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{spec.filename}"
+def test_registry_has_a_sam2_1_checkpoint_per_config():
+    """One official SAM 2.1 file per config, all from the same Meta release folder, named as the URL names it."""
+    specs = [spec for spec in CHECKPOINTS.values() if spec.model == "sam2"]
+    assert sorted(spec.config for spec in specs) == sorted(SAM2_CONFIGS)
+    folders = set()
+    for spec in specs:
+        assert find_spec("sam2", spec.config) is spec
+        assert spec.name == f"sam2.1_hiera_{spec.config}" and spec.filename == spec.name + ".pt"
+        assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256) and spec.size > 0, spec.name
+        url = urlsplit(spec.url)
+        assert url.scheme == "https" and PurePosixPath(url.path).name == spec.filename, spec.url
+        folders.add((url.netloc, str(PurePosixPath(url.path).parent)))
+    assert len(folders) == 1, folders  # one release: a URL from another would be a different checkpoint
+    assert len({spec.sha256 for spec in specs}) == len(specs)
+    # Bigger architectures are bigger files (catches sizes pasted to the wrong entry).
+    sizes = [CHECKPOINTS[f"sam2.1_hiera_{config}"].size for config in SAM2_CONFIGS]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
 
 
 def test_auto_prefers_sam2_tiny_on_cpu_over_sam_vit_b(tmp_path):
@@ -174,18 +189,35 @@ def test_auto_prefers_sam2_tiny_on_cpu_over_sam_vit_b(tmp_path):
     assert choose_model("auto", cache_dir=tmp_path, device="cpu").name == "sam2"
 
 
-def test_cli_download_knows_sam2_names(http_stub, tmp_path, capsys):
-    """`label-anything download sam2.1_hiera_tiny` resolves the name and verifies what arrives."""
+def test_cli_download_verifies_sam2_checkpoints(http_stub, sam2_checkpoints, tmp_path, monkeypatch, capsys):
+    """`label-anything download sam2.1_hiera_tiny --url`: a byte flipped → one-line error, nothing left; the
+    right bytes (registry digest matching) → the file where `--model-name sam2` looks, and it loads."""
     from label_anything.cli import main
 
+    data = sam2_checkpoints("tiny").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    spec = dataclasses.replace(CHECKPOINTS["sam2.1_hiera_tiny"], size=len(data), sha256=digest)
+    monkeypatch.setitem(CHECKPOINTS, spec.name, spec)
     server = http_stub()
-    server.routes["/sam2.1_hiera_tiny.pt"] = (200, {}, b"not the checkpoint")
-    code = main(["download", "sam2.1_hiera_tiny", "--cache-dir", str(tmp_path), "--url",
-                 server.url + "/sam2.1_hiera_tiny.pt"])
-    assert code != 0
-    assert "corrupt" in capsys.readouterr().err
-    assert [hit[1] for hit in server.hits] == ["/sam2.1_hiera_tiny.pt"]
-    assert not (tmp_path / "checkpoints" / "sam2.1_hiera_tiny.pt").exists()
+    url = server.url + "/mirror/" + spec.filename
+    folder = tmp_path / "checkpoints"
+    argv = ["download", spec.name, "--cache-dir", str(tmp_path), "--url", url]
+
+    i = len(data) // 3
+    server.routes["/mirror/" + spec.filename] = (200, {}, data[:i] + bytes([data[i] ^ 0x80]) + data[i + 1 :])
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "corrupt" in errors[0] and url in errors[0] and spec.filename in errors[0], errors
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+    server.routes["/mirror/" + spec.filename] = (200, {}, data)
+    assert main(argv) == 0
+    assert f"{spec.name}: {folder / spec.filename}" in capsys.readouterr().out
+    assert [p.name for p in folder.iterdir()] == [spec.filename]
+    choice = choose_model("sam2", "tiny", cache_dir=tmp_path)
+    assert choice.checkpoint == folder / spec.filename
+    assert load_model("sam2", "tiny", choice.checkpoint, device="cpu").info.weights_digest == spec.sha256
+    assert [hit[1] for hit in server.hits] == ["/mirror/" + spec.filename] * 2
 
 
 def test_segment_and_serve_with_sam2_tiny(sam2_checkpoints, chelsea, chelsea_jpeg, original_label_config, tmp_path):

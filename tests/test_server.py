@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import threading
 import time
@@ -152,7 +153,8 @@ def test_health_setup_versions_webhook(client, mobile_sam_model):
     version = setup.json()["model_version"]
     assert version == mobile_sam_model.info.model_id and version.startswith("mobile_sam-vit_t-")
     assert client.get("/versions").json() == {"versions": [version]}
-    assert client.post("/webhook", json={"action": "START_TRAINING"}).status_code == 200
+    webhook = client.post("/webhook", json={"action": "START_TRAINING"})
+    assert webhook.status_code == 200 and webhook.json() == {"status": "ok", "action": "START_TRAINING"}
 
 
 def test_click_gives_mask_box_polygons_equal_to_engine(client, task, mobile_sam_model, image, embedding):
@@ -201,12 +203,13 @@ def test_rectangle_and_points_plus_rectangle(client, task, mobile_sam_model, emb
     assert_same_mask(brush_mask(by_type(prediction)["brushlabels"][0]), expected)
 
 
-def test_refinement_equals_official_predictor(client, task, mobile_sam_model, image):
+def test_refinement_equals_official_predictor(client, task, mobile_sam_model, image, embedding):
     from mobile_sam import SamPredictor
 
     first = [kp(200, 120)]
     second = [kp(200, 120), kp(300, 200, positive=False)]
-    assert predict(client, task, first).status_code == 200
+    answer = brush_mask(by_type(predict(client, task, first).json()["results"][0])["brushlabels"][0])
+    assert_same_mask(answer, decode(mobile_sam_model, embedding, Prompt.from_lists([(200, 120)])).best()[0])
     refined = brush_mask(by_type(predict(client, task, second).json()["results"][0])["brushlabels"][0])
 
     predictor = SamPredictor(mobile_sam_model.network)
@@ -247,14 +250,95 @@ def test_open_task_answers_at_once_and_encodes_in_background(client, task):
     assert len(backend.cache) == 1
 
 
-def test_label_config_from_setup_is_used(client, task):
-    client.post("/setup", json={"project": "5.1700000000", "schema": CONFIG})
+def test_label_config_from_setup_is_used(client, task, mobile_sam_model, embedding):
+    config = CONFIG.replace('name="BrushLabels"', 'name="Mask"')  # a control name only this config has
+    client.post("/setup", json={"project": "5.1700000000", "schema": config})
     body = {"tasks": [task], "project": "5.1700000001", "params": {"context": {"result": [kp(200, 120)]}}}
-    assert client.post("/predict", json=body).status_code == 200
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    (brush,) = by_type(response.json()["results"][0])["brushlabels"]
+    assert brush["from_name"] == "Mask" and brush["value"]["brushlabels"] == ["cat"]
+    assert_same_mask(brush_mask(brush), decode(mobile_sam_model, embedding, Prompt.from_lists([(200, 120)])).best()[0])
+    body["project"] = "6.1700000000"  # no /setup for this project, no label_config in the request
+    refused = client.post("/predict", json=body)
+    assert refused.status_code == 400 and "/setup was not called" in refused.json()["error"]
 
 
 def test_deleted_regions_give_empty_result(client, task):
     assert predict(client, task, []).json()["results"][0]["result"] == []
+
+
+SAM_EXAMPLE_CONFIG = """
+<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image"><Label value="Banana"/><Label value="Orange"/></BrushLabels>
+  <KeyPointLabels name="tag2" toName="image" smart="true">
+    <Label value="Banana"/><Label value="Orange"/>
+  </KeyPointLabels>
+  <RectangleLabels name="tag3" toName="image"><Label value="Banana"/><Label value="Orange"/></RectangleLabels>
+</View>
+"""
+"""The label config of the official ML backend's SAM example (label_studio_ml/examples/segment_anything_model)."""
+
+
+def test_context_without_names_from_other_clients(client, task, mobile_sam_model, embedding):
+    """The SAM example's own test sends a smart rectangle with no from_name, to_name, id or rotation: one
+    image and one control of each type make them unambiguous, so it is answered like Label Studio's."""
+    box = (120, 20, 400, 290)
+    region = {
+        "original_width": W,
+        "original_height": H,
+        "type": "rectanglelabels",
+        "value": {"x": box[0] * 100 / W, "y": box[1] * 100 / H, "width": (box[2] - box[0]) * 100 / W,
+                  "height": (box[3] - box[1]) * 100 / H, "rectanglelabels": ["Orange"]},
+    }
+    response = predict(client, task, [region], SAM_EXAMPLE_CONFIG)
+    assert response.status_code == 200, response.text
+    regions = by_type(response.json()["results"][0])
+    (brush,) = regions["brushlabels"]
+    assert (brush["from_name"], brush["to_name"], brush["value"]["brushlabels"]) == ("tag", "image", ["Orange"])
+    assert brush["image_rotation"] == 0
+    expected = decode(mobile_sam_model, embedding, Prompt.from_lists(box=box)).best()[0]
+    assert_same_mask(brush_mask(brush), expected)
+    (rectangle,) = regions["rectanglelabels"]
+    assert rectangle["from_name"] == "tag3"
+    # a keypoint without names, beside one with them: one prompt
+    point = {k: v for k, v in kp(200, 120, label="Banana").items() if k not in ("from_name", "to_name", "id")}
+    response = predict(client, task, [point, kp(380, 40, positive=False, label="Banana")], SAM_EXAMPLE_CONFIG)
+    assert response.status_code == 200, response.text
+    (brush,) = by_type(response.json()["results"][0])["brushlabels"]
+    expected = decode(mobile_sam_model, embedding, Prompt.from_lists([(200, 120), (380, 40)], [1, 0])).best()[0]
+    assert_same_mask(brush_mask(brush), expected)
+
+
+def test_context_without_to_name_on_two_images_is_refused(client, task, caplog):
+    config = SAM_EXAMPLE_CONFIG.replace(
+        '<Image name="image" value="$image" zoom="true"/>',
+        '<Image name="image" value="$image"/><Image name="second" value="$other"/>',
+    )
+    point = {k: v for k, v in kp(200, 120, label="Banana").items() if k != "to_name"}
+    response = predict(client, task, [point], config)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "no to_name" in error and "'image', 'second'" in error
+    assert any("no to_name" in r.getMessage() for r in caplog.records)
+
+
+def test_rotated_view_answers_in_the_image_frame(client, task, mobile_sam_model, embedding):
+    """Label Studio's rotate button turns the whole canvas (the Konva stage) and maps each click back
+    through the stage transform, so a rotated view sends the same percent of the unrotated image, the same
+    original_width/height, and only image_rotation differs. The answer is the unrotated one, tagged with
+    the rotation the annotator is looking at."""
+    expected = decode(mobile_sam_model, embedding, Prompt.from_lists([(200, 120)])).best()[0]
+    for rotation in (90, 180, 270):
+        point = dict(kp(200, 120), image_rotation=rotation)
+        response = predict(client, task, [point])
+        assert response.status_code == 200, response.text
+        prediction = response.json()["results"][0]
+        assert {r["image_rotation"] for r in prediction["result"]} == {rotation}
+        (brush,) = by_type(prediction)["brushlabels"]
+        assert (brush["original_width"], brush["original_height"]) == (W, H)
+        assert_same_mask(brush_mask(brush), expected)
 
 
 # -- errors: 4xx JSON, one log line, no stack trace to the client ------------------------------------
@@ -282,33 +366,53 @@ def test_bad_requests_are_4xx_json(client, task, regions, config, status, words,
     assert any(words in r.getMessage() for r in caplog.records)
 
 
+def _error(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status and "Traceback" not in response.text
+    return body["error"]
+
+
 def test_bad_bodies_and_images(client, task):
-    assert client.post("/predict", content=b"{not json").status_code == 400
-    assert client.post("/predict", json={"tasks": []}).status_code == 400
-    assert client.post("/predict", json={"tasks": [task], "params": {"context": {"result": []}}}).status_code == 400
-    for ref in [
-        "/data/local-files/?d=../../etc/passwd",
-        "/data/local-files/?d=%2Fetc%2Fpasswd",
-        "/data/local-files/?d=..%2F..%2Fetc%2Fpasswd",
-        "file:///etc/passwd",
+    assert _error(client.post("/predict", content=b"{not json"), 400) == "the request body is not JSON"
+    assert _error(client.post("/predict", json=[1]), 400) == "the request body must be a JSON object"
+    assert "'tasks' must be a non-empty list" in _error(client.post("/predict", json={"tasks": []}), 400)
+    no_config = client.post("/predict", json={"tasks": [task], "params": {"context": {"result": []}}})
+    assert "no label_config" in _error(no_config, 400)
+    for ref, words in [
+        ("/data/local-files/?d=../../etc/passwd", "leaves the document root"),
+        ("/data/local-files/?d=%2Fetc%2Fpasswd", "leaves the document root"),
+        ("/data/local-files/?d=..%2F..%2Fetc%2Fpasswd", "leaves the document root"),
+        ("file:///etc/passwd", "unsupported scheme 'file'"),
     ]:
         response = predict(client, {"id": 1, "data": {"image": ref}}, [kp(200, 120)])
-        assert response.status_code == 403, (ref, response.text)
+        assert words in _error(response, 403), ref
     response = predict(client, {"id": 1, "data": {"image": "/data/local-files/?d=missing.jpg"}}, [kp(200, 120)])
-    assert response.status_code == 422
+    assert "'missing.jpg' does not exist" in _error(response, 422)
     response = predict(client, {"id": 1, "data": {"image": "/data/upload/1/x.jpg"}}, [kp(200, 120)])
-    assert response.status_code == 422 and "LABEL_STUDIO_URL" in response.json()["error"]
+    assert "LABEL_STUDIO_URL" in _error(response, 422)
+    response = predict(client, {"id": 1, "data": {"photo": "x.jpg"}}, [kp(200, 120)])
+    assert "task 1 has no data['image']" in _error(response, 400)
 
 
 def test_basic_auth(make_client, task):
     client = make_client(basic_auth=("ls", "s3cret"))
-    assert client.get("/health").status_code == 401
-    assert client.get("/health", auth=("ls", "wrong")).status_code == 401
+    for response in [
+        client.get("/health"),
+        client.get("/health", auth=("ls", "wrong")),
+        client.get("/health", auth=("other", "s3cret")),
+        client.post("/setup", json={"project": "1.1", "schema": CONFIG}),
+        predict(client, task, [kp(200, 120)]),
+    ]:
+        assert _error(response, 401) == "authentication required"
+        assert response.headers["www-authenticate"] == 'Basic realm="label-anything"'
     assert client.get("/health", auth=("ls", "s3cret")).json()["status"] == "UP"
-    assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 401
-    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 200  # LS sends no auth
+    webhook = client.post("/webhook", json={"action": "ANNOTATION_CREATED"})  # Label Studio sends no auth here
+    assert webhook.status_code == 200 and webhook.json()["action"] == "ANNOTATION_CREATED"
     client.auth = ("ls", "s3cret")
-    assert predict(client, task, [kp(200, 120)]).status_code == 200
+    prediction = predict(client, task, [kp(200, 120)]).json()["results"][0]
+    assert sorted(by_type(prediction)) == ["brushlabels", "polygonlabels", "rectanglelabels"]
+    assert brush_mask(by_type(prediction)["brushlabels"][0]).any()
 
 
 # -- image sources ---------------------------------------------------------------------------------
@@ -324,6 +428,31 @@ def test_local_files_are_confined_to_the_root(tmp_path):
             local_file_path(root, bad)
     with pytest.raises(ImageError):
         local_file_path(root, "nope.jpg")
+
+
+def test_edited_local_file_is_read_again(tmp_path, chelsea):
+    """The decoded-image cache knows a local file by path, size and modification time: an image edited
+    (or replaced) on disk while the backend runs is served as it is now, an unchanged one from memory."""
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(chelsea).save(path)
+    fetcher = ImageFetcher(local_files_root=tmp_path)
+    ref = "/data/local-files/?d=photo.png"
+    first, digest = fetcher.fetch(ref)
+    assert np.array_equal(first, chelsea)
+    assert fetcher.fetch(ref)[0] is first  # unchanged: not read and decoded again
+    edited = np.ascontiguousarray(chelsea[::-1])  # same size, other pixels
+    Image.fromarray(edited).save(path)
+    stat = path.stat()  # file clocks tick coarsely: make sure this edit is seen as a later one
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000))
+    image, new_digest = fetcher.fetch(ref)
+    assert new_digest != digest and np.array_equal(image, edited)
+    replaced = tmp_path / "new.png"  # replaced by a rename, as editors and rsync do
+    Image.fromarray(chelsea).save(replaced)
+    os.replace(replaced, path)
+    image, digest_back = fetcher.fetch(ref)
+    assert digest_back == digest and np.array_equal(image, chelsea)
 
 
 def _jwt(payload: dict) -> str:
@@ -433,8 +562,10 @@ def test_uvicorn_health_stays_responsive_and_click_latency(mobile_sam_model, che
         for i in range(5):
             body["params"]["context"]["result"] = [kp(200 + 10 * i, 120)]
             t0 = time.perf_counter()
-            assert httpx.post(base + "/predict", json=body, timeout=60).status_code == 200
+            response = httpx.post(base + "/predict", json=body, timeout=60)
             warm.append(time.perf_counter() - t0)
+            assert response.status_code == 200, response.text
+            assert sorted(by_type(response.json()["results"][0])) == ["brushlabels", "rectanglelabels"]
         with capsys.disabled():
             print(
                 f"\n[latency, MobileSAM random weights, CPU, mask+box]"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import pickle
+import re
+import socket
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -18,22 +22,37 @@ from label_anything.errors import CheckpointError, DeviceError
 
 
 @pytest.fixture()
-def file_server(tmp_path):
-    """A loopback HTTP server over a folder; yields (base_url, folder). Stopped by this fixture."""
-    root = tmp_path / "served"
-    root.mkdir()
+def file_server():
+    """A loopback HTTP server; yields it. ``server.files[path] = bytes`` serves them with their length;
+    ``server.cut[path] = n`` declares the full length but closes the connection after ``n`` bytes;
+    ``server.no_length`` lists paths answered without Content-Length (the body ends when the connection
+    closes). Unknown paths answer 404. Stopped by this fixture."""
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            if path not in server.files:
+                self.send_error(404)
+                return
+            data = server.files[path]
+            self.send_response(200)
+            if path not in server.no_length:
+                self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data[: server.cut.get(path, len(data))])
+            self.wfile.flush()
+            self.close_connection = True
 
         def log_message(self, *args):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.files, server.cut, server.no_length = {}, {}, set()
+    server.url = f"http://127.0.0.1:{server.server_port}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/", root
+    yield server
     server.shutdown()
     server.server_close()
 
@@ -42,23 +61,73 @@ def spec_for(data: bytes, url: str, name: str = "tiny") -> CheckpointSpec:
     return CheckpointSpec(name, "mobile_sam", "vit_t", f"{name}.pt", url, len(data), hashlib.sha256(data).hexdigest())
 
 
+def registry_spec_for(monkeypatch, name: str, data: bytes) -> CheckpointSpec:
+    """Registry entry ``name`` with the size and SHA-256 of ``data``, put in the registry (undone after)."""
+    spec = dataclasses.replace(CHECKPOINTS[name], size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(CHECKPOINTS, name, spec)
+    return spec
+
+
+def cli_download(name: str, url: str, cache: Path, capsys) -> tuple[int, str, list[str]]:
+    """``label-anything download NAME --url URL``: (exit code, stdout, error lines on stderr)."""
+    from label_anything.cli import main
+
+    code = main(["download", name, "--cache-dir", str(cache), "--url", url])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, [line for line in err.splitlines() if "error" in line]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_registry_entries_are_well_formed():
+    assert CHECKPOINTS
+    for name, spec in CHECKPOINTS.items():
+        assert spec.name == name
+        assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256), name
+        assert spec.size > 0, name
+        url = urlsplit(spec.url)
+        assert url.scheme == "https" and url.netloc and PurePosixPath(url.path).name == spec.filename, name
+        assert find_spec(spec.model, spec.config) is spec, name
+    # A digest or file name pasted twice would make two checkpoints indistinguishable.
+    assert len({s.sha256 for s in CHECKPOINTS.values()}) == len(CHECKPOINTS)
+    assert len({s.filename for s in CHECKPOINTS.values()}) == len(CHECKPOINTS)
+
+
 def test_registry_covers_every_architecture():
     from label_anything.engine.sam import ARCHITECTURES
 
     for family, config in ARCHITECTURES:
         spec = find_spec(family, config)
-        assert spec is not None, (family, config)
-        assert spec.url.startswith("https://") and spec.url.endswith(spec.filename)
-        assert len(spec.sha256) == 64 and spec.size > 10_000_000
-    # The SAM file names end in the first 6 hex digits of their MD5, as Meta published them.
-    assert CHECKPOINTS["sam_vit_b"].filename == "sam_vit_b_01ec64.pth"
+        assert spec is not None and (spec.model, spec.config) == (family, config), (family, config)
+
+
+def test_sam_file_names_carry_metas_hash_suffix():
+    """Meta names SAM files ``sam_<config>_<6 hex>.pth`` (the hex is the start of the file's MD5, which the
+    registry does not hold; it verifies SHA-256). Name, config, file name and URL must tell the same story."""
+    from label_anything.engine.sam import ARCHITECTURES
+
+    sam = [s for s in CHECKPOINTS.values() if s.model == "sam"]
+    assert {s.config for s in sam} == {config for family, config in ARCHITECTURES if family == "sam"}
+    suffixes = set()
+    for spec in sam:
+        assert spec.name == f"sam_{spec.config}", spec
+        match = re.fullmatch(rf"{re.escape(spec.name)}_([0-9a-f]{{6}})\.pth", spec.filename)
+        assert match, spec.filename
+        assert spec.url.endswith("/" + spec.filename)
+        suffixes.add(match[1])
+    assert len(suffixes) == len(sam)
 
 
 def test_download_verifies_and_writes_atomically(file_server, tmp_path):
-    base, root = file_server
     data = b"weights" * 5000
-    (root / "tiny.pt").write_bytes(data)
-    spec = spec_for(data, base + "tiny.pt")
+    file_server.files["/tiny.pt"] = data
+    spec = spec_for(data, file_server.url + "/tiny.pt")
     seen = []
 
     class Bar:
@@ -72,25 +141,67 @@ def test_download_verifies_and_writes_atomically(file_server, tmp_path):
     assert path == checkpoint_dir(tmp_path / "cache") / "tiny.pt"
     assert path.read_bytes() == data and sum(seen) == len(data)
     # Present and valid: not fetched again.
-    (root / "tiny.pt").unlink()
+    del file_server.files["/tiny.pt"]
     assert download(spec, tmp_path / "cache", progress=None) == path
 
 
-def test_corrupt_download_leaves_nothing(file_server, tmp_path):
-    base, root = file_server
-    (root / "tiny.pt").write_bytes(b"x" * 100)
-    spec = spec_for(b"y" * 100, base + "tiny.pt")
-    with pytest.raises(CheckpointError, match="corrupt"):
-        download(spec, tmp_path, progress=None)
-    assert list(checkpoint_dir(tmp_path).iterdir()) == []
+def test_cli_download_verified_checkpoint_lands_where_models_look(file_server, random_checkpoint, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Right bytes, registry digest matching: the file is in place (replacing a damaged one), nothing else is
+    left, and ``auto`` / ``load_model`` use it."""
+    data = random_checkpoint("mobile_sam", "vit_t").read_bytes()
+    spec = registry_spec_for(monkeypatch, "mobile_sam", data)
+    file_server.files["/mirror/mobile_sam.pt"] = data
+    folder = checkpoint_dir(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / spec.filename).write_bytes(data[:1000])  # an earlier damaged copy
+    code, out, errors = cli_download("mobile_sam", file_server.url + "/mirror/mobile_sam.pt", tmp_path, capsys)
+    assert (code, errors) == (0, [])
+    target = folder / spec.filename
+    assert f"mobile_sam: {target}" in out
+    assert [p.name for p in folder.iterdir()] == [spec.filename] and target.read_bytes() == data
+    choice = choose_model("auto", cache_dir=tmp_path)
+    assert (choice.name, choice.checkpoint) == ("mobile_sam", target)
+    assert load_model("mobile_sam", "vit_t", target, device="cpu").info.weights_digest == spec.sha256
 
 
-def test_unreachable_url_names_file_url_and_option(tmp_path):
-    spec = spec_for(b"z", "http://127.0.0.1:9/nothing.pt")  # port 9: nothing listens
-    with pytest.raises(CheckpointError) as err:
-        download(spec, tmp_path, progress=None, timeout=2)
-    msg = str(err.value)
-    assert "tiny.pt" in msg and "http://127.0.0.1:9/nothing.pt" in msg and "--checkpoint" in msg
+def _flipped(data: bytes) -> bytes:
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "cut with length", "cut without length", "404"])
+def test_cli_download_of_bad_transfer_is_one_line_and_leaves_nothing(damage, file_server, tmp_path, monkeypatch,
+                                                                     capsys):
+    data = bytes(range(256)) * 400
+    spec = registry_spec_for(monkeypatch, "mobile_sam", data)
+    path = "/mirror/" + spec.filename
+    url = file_server.url + path
+    if damage == "flipped byte":  # same size: only the digest can tell
+        file_server.files[path] = _flipped(data)
+    elif damage.startswith("cut"):
+        file_server.files[path] = data
+        file_server.cut[path] = len(data) // 2
+        if damage == "cut without length":
+            file_server.no_length.add(path)
+    code, out, errors = cli_download("mobile_sam", url, tmp_path, capsys)
+    assert code == 2 and len(errors) == 1 and out == "", (errors, out)
+    assert spec.filename in errors[0] and url in errors[0], errors[0]
+    if damage == "flipped byte":
+        assert "corrupt" in errors[0]
+    elif damage == "404":
+        assert "HTTP 404" in errors[0] and "--checkpoint" in errors[0]
+    folder = checkpoint_dir(tmp_path)
+    assert not folder.exists() or list(folder.iterdir()) == []  # no partial file, no .part
+
+
+def test_cli_download_with_server_down_says_what_to_do(tmp_path, monkeypatch, capsys):
+    spec = registry_spec_for(monkeypatch, "mobile_sam", b"weights")
+    url = f"http://127.0.0.1:{free_port()}/{spec.filename}"
+    code, out, errors = cli_download("mobile_sam", url, tmp_path, capsys)
+    assert code == 2 and len(errors) == 1 and out == "", (errors, out)
+    msg = errors[0]
+    assert spec.filename in msg and url in msg and "--checkpoint FILE" in msg, msg
     assert list(checkpoint_dir(tmp_path).iterdir()) == []
 
 
@@ -98,7 +209,7 @@ def test_missing_checkpoint_message(tmp_path):
     with pytest.raises(CheckpointError) as err:
         choose_model("sam", "vit_h", cache_dir=tmp_path)
     msg = str(err.value)
-    assert "sam_vit_h_4b8939.pth" in msg and CHECKPOINTS["sam_vit_h"].url in msg
+    assert CHECKPOINTS["sam_vit_h"].filename in msg and CHECKPOINTS["sam_vit_h"].url in msg
     assert "--checkpoint" in msg and "label-anything download sam_vit_h" in msg
 
 
@@ -106,10 +217,10 @@ def test_auto_prefers_downloaded_checkpoint_else_classical(tmp_path):
     assert choose_model("auto", cache_dir=tmp_path).name == "classical"
     folder = checkpoint_dir(tmp_path)
     folder.mkdir(parents=True)
-    (folder / "sam_vit_b_01ec64.pth").write_bytes(b"")
+    (folder / CHECKPOINTS["sam_vit_b"].filename).write_bytes(b"")
     assert (choose_model("auto", cache_dir=tmp_path).name, choose_model("auto", cache_dir=tmp_path).config) == (
         "sam", "vit_b")
-    (folder / "mobile_sam.pt").write_bytes(b"")
+    (folder / CHECKPOINTS["mobile_sam"].filename).write_bytes(b"")
     assert choose_model("auto", cache_dir=tmp_path).name == "mobile_sam"  # fastest first on CPU
 
 

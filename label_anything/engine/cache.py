@@ -110,7 +110,8 @@ class EmbeddingCache:
     Args:
         max_memory_bytes: LRU budget in memory (array bytes).
         disk_dir: folder for the disk level, or None for none.
-        max_disk_bytes: budget on disk; oldest files go first.
+        max_disk_bytes: budget on disk (``serve``/``precompute`` ``--cache-disk-gb``); least recently used
+            files go first. A SAM / MobileSAM embedding takes about 2 MiB (float16), HQ-SAM 6, SAM 2.1 8.
         dtype: storage dtype of floating arrays (float16 halves the bytes; float32 keeps them exact).
         shared: the Redis level (``redis_cache.RedisLevel``), or None. With it, an embedding computed by
             one process is found by the others, and two processes missing the same image encode it once.
@@ -127,7 +128,6 @@ class EmbeddingCache:
         self.max_memory_bytes = max_memory_bytes
         self.max_disk_bytes = max_disk_bytes
         self.dtype = dtype
-        self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         self.shared = shared
         self.stats = CacheStats()
         self._memory: OrderedDict[str, Embedding] = OrderedDict()
@@ -135,13 +135,18 @@ class EmbeddingCache:
         self._inflight: dict[str, Future[Embedding]] = {}
         self._lock = threading.Lock()
         self._disk_lock = threading.Lock()
-        if self.disk_dir is not None:
-            self._check_disk()
+        self._disk = _checked_disk(_DiskLevel(Path(disk_dir), max_disk_bytes)) if disk_dir is not None else None
 
     # -- public ------------------------------------------------------------------------------------
     @property
     def memory_bytes(self) -> int:
         return self._memory_bytes
+
+    @property
+    def disk_dir(self) -> Path | None:
+        """The disk level's folder; None when there is none, or after the disk failed (memory only)."""
+        disk = self._disk
+        return disk.root if disk is not None else None
 
     def __len__(self) -> int:
         return len(self._memory)
@@ -158,7 +163,7 @@ class EmbeddingCache:
         if found is not None:
             self._memory_put(key, found)
             return found
-        found = self._disk_read(key)
+        found = self._disk_read(self._disk, key)
         if found is not None:
             self._count("disk")
             self._memory_put(key, found)
@@ -178,9 +183,10 @@ class EmbeddingCache:
                 return True
         if self.shared is not None and self.shared.contains(key):
             return True
-        on_disk = self.disk_dir is not None and self._path(key).is_file()
+        disk = self._disk
+        on_disk = disk is not None and _is_file(disk.path(key))
         if on_disk and share and self.shared is not None:
-            found = self._disk_read(key)
+            found = self._disk_read(disk, key)
             if found is None:
                 return False  # damaged (and removed)
             self.shared.put(key, embedding_to_bytes(found))
@@ -190,11 +196,13 @@ class EmbeddingCache:
         """Store (in the storage dtype) in every level and return the stored value."""
         stored = to_storage_dtype(embedding, self.dtype)
         self._memory_put(key, stored)
-        if self.shared is not None or self.disk_dir is not None:
+        disk = self._disk
+        if self.shared is not None or disk is not None:
             data = embedding_to_bytes(stored)
             if self.shared is not None:
                 self.shared.put(key, data)
-            self._disk_write(key, data)
+            if disk is not None:
+                self._disk_write(disk, key, data)
         return stored
 
     def get_or_compute(self, key: str, compute: Callable[[], Embedding]) -> Embedding:
@@ -304,28 +312,16 @@ class EmbeddingCache:
         return found
 
     # -- disk level --------------------------------------------------------------------------------
-    def _path(self, key: str) -> Path:
-        assert self.disk_dir is not None
-        return self.disk_dir / (key + ".npz")
-
-    def _check_disk(self) -> None:
-        assert self.disk_dir is not None
-        try:
-            self.disk_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.disk_dir, prefix=".probe-"):
-                pass
-        except OSError as exc:
-            log.warning("embedding cache: %s is not writable (%s); keeping embeddings in memory only",
-                        self.disk_dir, exc.strerror or exc)
-            self.disk_dir = None
-
-    def _disk_read(self, key: str) -> Embedding | None:
-        if self.disk_dir is None:
+    # Every operation reads ``self._disk`` once and works on that value: a disk error met by one thread
+    # swaps the level out for all later operations, but never changes the folder another thread is
+    # using half-way through its own read or write.
+    def _disk_read(self, disk: _DiskLevel | None, key: str) -> Embedding | None:
+        if disk is None:
             return None
-        path = self._path(key)
+        path = disk.path(key)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             log.warning("embedding cache: cannot read %s (%s); recomputing", path, exc.strerror or exc)
@@ -334,17 +330,16 @@ class EmbeddingCache:
             embedding = entry_for_key(key, data)
         except ValueError as exc:
             log.warning("embedding cache: %s is damaged (%s); recomputing", path.name, exc)
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: evicted last
         return embedding
 
-    def _disk_write(self, key: str, data: bytes) -> None:
-        """Write the serialized entry ``data`` of ``key``."""
-        if self.disk_dir is None:
-            return
-        path = self._path(key)
+    def _disk_write(self, disk: _DiskLevel, key: str, data: bytes) -> None:
+        """Write the serialized entry ``data`` of ``key``; a failing disk drops the disk level."""
+        path = disk.path(key)
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,29 +351,72 @@ class EmbeddingCache:
             os.replace(tmp, path)
             tmp = None
         except OSError as exc:
-            log.warning("embedding cache: cannot write %s (%s); keeping embeddings in memory only",
-                        path, exc.strerror or exc)
-            self.disk_dir = None
+            self._disk_failed(disk, f"cannot write {path} ({exc.strerror or exc})")
             return
         finally:
             if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-        self._disk_evict()
+                with contextlib.suppress(OSError):
+                    Path(tmp).unlink(missing_ok=True)
+        self._disk_evict(disk)
 
-    def _disk_evict(self) -> None:
-        if self.disk_dir is None:
-            return
-        with self._disk_lock:
-            try:
-                files = [(p.stat().st_mtime_ns, p.stat().st_size, p) for p in self.disk_dir.glob("*/*.npz")]
-            except OSError:
+    def _disk_failed(self, disk: _DiskLevel, reason: str) -> None:
+        """Memory only from now on, said once: only the thread that swaps ``disk`` out logs it."""
+        with self._lock:
+            if self._disk is not disk:
                 return
+            self._disk = None
+        log.warning("embedding cache: %s; keeping embeddings in memory only", reason)
+
+    def _disk_evict(self, disk: _DiskLevel) -> None:
+        """Remove the least recently used files until the folder fits ``disk.max_bytes``."""
+        with self._disk_lock:
+            files = []
+            for path in disk.root.glob("*/*.npz"):
+                try:
+                    st = path.stat()
+                except OSError:  # removed meanwhile (another process evicting, or the folder went away)
+                    continue
+                files.append((st.st_mtime_ns, st.st_size, path))
             total = sum(size for _, size, _ in files)
-            for _, size, p in sorted(files, key=lambda t: t[0]):
-                if total <= self.max_disk_bytes:
+            for _, size, path in sorted(files, key=lambda t: t[0]):
+                if total <= disk.max_bytes:
                     break
-                p.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
                 total -= size
+
+
+@dataclass(frozen=True)
+class _DiskLevel:
+    """The disk level of an ``EmbeddingCache``: its folder and byte budget. Never changed in place; the
+    cache replaces it as a whole (by None when the disk fails)."""
+
+    root: Path
+    max_bytes: int
+
+    def path(self, key: str) -> Path:
+        return self.root / (key + ".npz")
+
+
+def _checked_disk(disk: _DiskLevel) -> _DiskLevel | None:
+    """``disk`` when its folder can be created and written to, else None (and one warning)."""
+    try:
+        disk.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=disk.root, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        log.warning("embedding cache: %s is not writable (%s); keeping embeddings in memory only",
+                    disk.root, exc.strerror or exc)
+        return None
+    return disk
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False instead of an error when the folder cannot be read."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _short(key: str) -> str:

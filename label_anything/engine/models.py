@@ -108,6 +108,11 @@ def choose_model(
             raise LabelAnythingError(
                 "--checkpoint needs --model-name (sam, sam_hq, mobile_sam or sam2) to know its architecture"
             )
+        if config:  # vit_h alone names no family (SAM or HQ-SAM); auto would silently pick another model
+            raise LabelAnythingError(
+                f"--sam-config {config} needs --model-name (sam, sam_hq, mobile_sam or sam2): auto picks a "
+                "downloaded checkpoint by itself"
+            )
         folder = checkpoint_dir(cache_dir)
         from label_anything.engine.weights import CHECKPOINTS
 

@@ -127,7 +127,8 @@ class OnnxDecoder:
     Args:
         network: the loaded SAM / MobileSAM network (weights already in place).
         path: where the exported graph is (or will be) cached.
-        threads: intra-op threads for ONNX Runtime (0 = its default, one per core).
+        threads: intra-op threads for ONNX Runtime; 0 = as many as PyTorch uses (``torch.get_num_threads()``:
+            one per core by default, OMP_NUM_THREADS when set, each worker's share under ``serve --workers N``).
     """
 
     def __init__(self, network: torch.nn.Module, path: Path, threads: int = 0) -> None:
@@ -138,8 +139,9 @@ class OnnxDecoder:
             export_decoder(network, path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        # ONNX Runtime's own default is every core whatever the process was given: N workers would each
+        # run one thread per core. PyTorch's count is the one place that share is decided.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
         # ONNX Runtime's worker threads spin after each run by default: on a small shared CPU that
         # steals the cores the next request (or the background encoder) needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

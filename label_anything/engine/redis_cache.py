@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -302,12 +301,11 @@ def shared_level_from_args(args: argparse.Namespace) -> RedisLevel | None:
 
 def add_cache_url_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """``--cache-url`` and ``--cache-ttl``, shared by ``serve`` and ``precompute``."""
-    from label_anything.cli import positive_int
+    from label_anything.options import env, positive_int
 
-    env = os.environ.get
     parser.add_argument(
         "--cache-url",
-        default=env(CACHE_URL_ENV) or None,
+        default=env(CACHE_URL_ENV),
         metavar="redis://HOST:PORT/DB",
         help="share image embeddings between backend processes and machines through Redis (needs the "
         "[redis] extra); run Redis with maxmemory and maxmemory-policy allkeys-lru. Without it, processes "
@@ -316,7 +314,7 @@ def add_cache_url_arguments(parser: argparse.ArgumentParser | Any) -> None:
     parser.add_argument(
         "--cache-ttl",
         type=positive_int,
-        default=env(CACHE_TTL_ENV) or str(DEFAULT_TTL_S),
+        default=env(CACHE_TTL_ENV, str(DEFAULT_TTL_S)),
         metavar="SECONDS",
         help=f"a Redis entry unused this long expires [env {CACHE_TTL_ENV}; default: %(default)s (a week)]",
     )

@@ -3,8 +3,12 @@
 Image and annotation entries are spooled as JSON lines into a temporary file while tasks stream in, so
 memory stays bounded on exports of any size; ``finish`` then writes ``ann.json`` (and ``train.json`` /
 ``val.json``) atomically. One ``images`` entry per task (id = the task id), one annotation per region:
-``bbox`` tight around the mask, ``area`` = the mask's pixel count, ``iscrowd`` 0. A box-only region
-(``rectanglelabels``) keeps its box, ``area`` = box width × height and an empty ``segmentation``.
+``bbox`` tight around the mask, ``area`` = the mask's pixel count, ``iscrowd`` 0.
+
+Every annotation of ``ann.json`` has a mask that ``pycocotools.COCO.annToMask`` loads, as Mask R-CNN
+training needs. A box-only region (``rectanglelabels``) has none: it goes to ``boxes.json``, a detection
+file with the same images and categories (``bbox`` as drawn, ``area`` = box width × height, no
+``segmentation``), ready for ``label-anything boxes-to-masks``. Annotation ids are unique across both files.
 """
 
 from __future__ import annotations
@@ -31,35 +35,46 @@ from label_anything.masks import (
 )
 
 CocoMode = Literal["rle", "polygon"]
+BOXES_FILE = "boxes.json"
 
 
 def region_to_coco(region: Region, mode: CocoMode, *, tolerance: float = 1.0) -> dict[str, Any] | None:
-    """The ``segmentation``, ``bbox`` and ``area`` of one region, or None when it covers no pixel.
+    """The ``segmentation``, ``bbox`` and ``area`` of one region with a mask, or None when it covers no pixel.
 
     Args:
-        region: a parsed region (mask for brush, polygon in pixels, or box).
+        region: a parsed region with a mask (brush, or polygons in pixels); see ``box_to_coco`` for boxes.
         mode: ``rle`` (compressed COCO RLE of the mask) or ``polygon`` (COCO polygons; brush masks are traced
-            with holes and several parts by ``mask_to_polygons``; a drawn polygon is kept as drawn).
+            with holes and several parts by ``mask_to_polygons``; drawn polygons are kept as drawn).
         tolerance: Douglas-Peucker tolerance in pixels when tracing brush masks.
     """
-    if region.kind == "rectangle":
-        assert region.box is not None
-        return {"segmentation": [], "bbox": _rounded(xyxy_to_xywh(region.box)), "area": round(region.box_area, 2)}
     mask = region.to_mask()
     if not mask.any():
         return None
     if mode == "rle":
         segmentation: Any = mask_to_coco_rle(mask)
-    elif region.polygon is not None:
-        segmentation = polygons_to_coco([region.polygon])
+    elif region.polygons:
+        segmentation = polygons_to_coco(region.polygons)
     else:
-        segmentation = polygons_to_coco(mask_to_polygons(mask, tolerance=tolerance))
+        segmentation = _traced(mask, tolerance)
+    if not segmentation:
+        return None
     bbox = [float(v) for v in xyxy_to_xywh(mask_to_xyxy(mask))]
     return {"segmentation": segmentation, "bbox": bbox, "area": mask_area(mask)}
 
 
-def _rounded(values: np.ndarray) -> list[float]:
-    return [round(float(v), 3) for v in values]
+def _traced(mask: np.ndarray, tolerance: float) -> list[list[float]]:
+    # Simplification can leave no ring of 3 vertices on a mask of specks: the exact outline always has one.
+    return polygons_to_coco(mask_to_polygons(mask, tolerance=tolerance)) or polygons_to_coco(
+        mask_to_polygons(mask, tolerance=0.0)
+    )
+
+
+def box_to_coco(region: Region) -> dict[str, Any]:
+    """The ``bbox`` and ``area`` of a box-only region, for a detection file (no ``segmentation``)."""
+    assert region.box is not None
+    # Edges rounded, then the size: x + width stays within the image.
+    x0, y0, x1, y1 = (round(float(v), 3) for v in region.box)
+    return {"bbox": [x0, y0, round(x1 - x0, 3), round(y1 - y0, 3)], "area": round(region.box_area, 2)}
 
 
 class CocoWriter:
@@ -78,10 +93,11 @@ class CocoWriter:
         self.tolerance = tolerance
         fd, name = tempfile.mkstemp(dir=self.ann_dir, prefix=".spool.", suffix=".tmp")
         self._spool_path = Path(name)
-        # "i" lines are images, "a" lines annotations: "<kind>\t<image id>\t<json>\n"
+        # "i" lines are images, "a" annotations, "b" box-only annotations: "<kind>\t<image id>\t<json>\n"
         self._spool = os.fdopen(fd, "w", encoding="utf-8")
         self.n_images = 0
         self.n_annotations = 0
+        self.n_boxes = 0
 
     def add_image(self, image_id: int, file_name: str, width: int, height: int) -> None:
         entry = {"id": image_id, "file_name": file_name, "width": width, "height": height}
@@ -89,14 +105,23 @@ class CocoWriter:
         self.n_images += 1
 
     def add_region(self, image_id: int, region: Region, category_id: int) -> bool:
-        """Add one region as an annotation; False when it covers no pixel (the caller counts it)."""
+        """Add one region with a mask as an annotation; False when it covers no pixel (the caller counts it)."""
         coco = region_to_coco(region, self.mode, tolerance=self.tolerance)
         if coco is None:
             return False
         self.n_annotations += 1
-        entry = {"id": self.n_annotations, "image_id": image_id, "category_id": category_id, **coco, "iscrowd": 0}
-        self._spool.write(f"a\t{image_id}\t{json.dumps(entry, separators=(',', ':'))}\n")
+        self._add("a", image_id, category_id, coco)
         return True
+
+    def add_box(self, image_id: int, region: Region, category_id: int) -> None:
+        """Add a box-only region to ``boxes.json``."""
+        self.n_boxes += 1
+        self._add("b", image_id, category_id, box_to_coco(region))
+
+    def _add(self, kind: str, image_id: int, category_id: int, coco: dict[str, Any]) -> None:
+        ann_id = self.n_annotations + self.n_boxes
+        entry = {"id": ann_id, "image_id": image_id, "category_id": category_id, **coco, "iscrowd": 0}
+        self._spool.write(f"{kind}\t{image_id}\t{json.dumps(entry, separators=(',', ':'), allow_nan=False)}\n")
 
     def finish(self, classes: Sequence[str], splits: dict[str, Collection[int]] | None = None) -> list[Path]:
         """Write ``ann.json`` and one file per split (e.g. ``{"train": ids, "val": ids}``); returns the paths.
@@ -105,12 +130,17 @@ class CocoWriter:
         """
         self._spool.close()
         categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(classes)]
-        targets: list[tuple[Path, Collection[int] | None]] = [(self.ann_dir / "ann.json", None)]
-        targets += [(self.ann_dir / f"{name}.json", ids) for name, ids in (splits or {}).items()]
+        targets: list[tuple[Path, Collection[int] | None, str]] = [(self.ann_dir / "ann.json", None, "a")]
+        targets += [(self.ann_dir / f"{name}.json", ids, "a") for name, ids in (splits or {}).items()]
+        boxes = self.ann_dir / BOXES_FILE
+        if self.n_boxes:
+            targets.append((boxes, None, "b"))
+        else:
+            boxes.unlink(missing_ok=True)  # from an earlier run: it would not match this ann.json
         written = []
         try:
-            for path, ids in targets:
-                self._write(path, categories, ids)
+            for path, ids, kind in targets:
+                self._write(path, categories, ids, kind)
                 written.append(path)
         finally:
             self._spool_path.unlink(missing_ok=True)
@@ -121,7 +151,7 @@ class CocoWriter:
         self._spool.close()
         self._spool_path.unlink(missing_ok=True)
 
-    def _write(self, path: Path, categories: list[dict[str, Any]], ids: Collection[int] | None) -> None:
+    def _write(self, path: Path, categories: list[dict[str, Any]], ids: Collection[int] | None, kind: str) -> None:
         info = {
             "description": "exported from Label Studio by label-anything",
             "date_created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -129,13 +159,13 @@ class CocoWriter:
         with atomic_open(path) as out:
             out.write('{"info": ' + json.dumps(info) + ', "licenses": [], "categories": ')
             out.write(json.dumps(categories, ensure_ascii=False))
-            for kind, key in (("i", "images"), ("a", "annotations")):
+            for wanted, key in (("i", "images"), (kind, "annotations")):
                 out.write(f',\n"{key}": [')
                 first = True
                 with self._spool_path.open(encoding="utf-8") as spool:
                     for line in spool:
                         k, image_id, entry = line.rstrip("\n").split("\t", 2)
-                        if k != kind or (ids is not None and int(image_id) not in ids):
+                        if k != wanted or (ids is not None and int(image_id) not in ids):
                             continue
                         out.write(("\n" if first else ",\n") + entry)
                         first = False

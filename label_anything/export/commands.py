@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from label_anything.errors import LabelAnythingError
 from label_anything.export.convert import FORMATS, convert
 from label_anything.export.images import ImageLocator
 from label_anything.export.mmdet import TEMPLATES
+from label_anything.labelstudio.images import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION, parse_allowed_hosts
+from label_anything.options import non_negative_float
 
 
 def _class_list(text: str) -> list[str]:
@@ -37,7 +40,9 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="Label Studio JSON export → COCO (RLE / polygons) or YOLO-seg dataset, images gathered",
         description="Convert a Label Studio JSON export into a dataset folder: annotations, the images found, "
                     "optionally a train/val split and an MMDetection config. Prints what was not converted "
-                    "and the class list.",
+                    "and the class list. COCO ann.json holds masks only; box-only regions go to "
+                    "annotations/boxes.json (see --skip-boxes, --boxes-as-masks). Photos with an EXIF "
+                    "orientation are written upright.",
     )
     p.add_argument("export", type=Path, help="the project's JSON export (Export → JSON in Label Studio)")
     p.add_argument("--to", dest="fmt", choices=FORMATS, default="coco-rle", help="default: %(default)s")
@@ -52,10 +57,17 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--image-key", help="task data key of the image (default: from the label config, else 'image')")
     p.add_argument("--val-ratio", type=_ratio, metavar="F", help="hold out this fraction of images as val")
     p.add_argument("--mmdet-config", choices=sorted(TEMPLATES), help="also write an MMDetection 3.x config")
-    p.add_argument("--skip-boxes", action="store_true", help="leave box-only (rectanglelabels) regions out")
+    boxes = p.add_mutually_exclusive_group()
+    boxes.add_argument("--skip-boxes", action="store_true",
+                       help="leave box-only (rectanglelabels) regions out. By default COCO formats write them to "
+                            "annotations/boxes.json (a detection file; ann.json holds masks only, so that every "
+                            "annotation has a mask to train on) and yolo-seg counts them as not converted")
+    boxes.add_argument("--boxes-as-masks", action="store_true",
+                       help="write a box-only region as a mask: the filled rectangle, in ann.json / the labels")
     p.add_argument("--keep-duplicates", dest="merge_suggestions", action="store_false",
-                   help="keep a box or polygon that duplicates a brush mask of the same label (by default they "
-                        "are one object, as a smart click with --out-bbox/--out-poly answers)")
+                   help="keep the brush mask, box and polygons of one smart-click answer as separate annotations "
+                        "(by default the regions whose ids mark them as one answer are one object; regions "
+                        "drawn by hand are never merged)")
     p.add_argument("--all-annotations", action="store_true",
                    help="convert every non-cancelled annotation of a task (default: the newest one)")
     p.add_argument("--strict", action="store_true", help="fail (writing no annotation file) if anything is lost")
@@ -63,7 +75,11 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help="do not copy images into OUT/images")
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="never fetch images over http(s), only look on disk")
-    p.add_argument("--polygon-tolerance", type=float, default=1.0, metavar="PX",
+    p.add_argument(ALLOW_HOSTS_OPTION, dest="allow_image_hosts", action="append", default=None, metavar="HOST",
+                   help="let image downloads be redirected to HOST (host, host:port or *.domain; repeatable). "
+                        "Without it a redirect may only stay on the URL's own origin or Label Studio's "
+                        f"[env {ALLOW_HOSTS_ENV}, comma separated]")
+    p.add_argument("--polygon-tolerance", type=non_negative_float, default=1.0, metavar="PX",
                    help="simplification of traced masks, pixels (0 = exact outline) (default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_convert)
@@ -102,12 +118,13 @@ def _config_labels(path: Path | None) -> tuple[list[str], str | None]:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     labels, config_key = _config_labels(args.label_config)
-    locator = ImageLocator(args.images_root, download=args.download)
+    hosts = args.allow_image_hosts if args.allow_image_hosts is not None else [os.environ.get(ALLOW_HOSTS_ENV, "")]
+    locator = ImageLocator(args.images_root, download=args.download, allowed_hosts=parse_allowed_hosts(hosts))
     try:
         result = convert(
             args.export, args.out, fmt=args.fmt, locator=locator, classes=args.classes or (),
             config_labels=labels, image_key=args.image_key or config_key, val_ratio=args.val_ratio,
-            mmdet_config=args.mmdet_config, skip_boxes=args.skip_boxes,
+            mmdet_config=args.mmdet_config, skip_boxes=args.skip_boxes, boxes_as_masks=args.boxes_as_masks,
             merge_suggestions=args.merge_suggestions, all_annotations=args.all_annotations,
             strict=args.strict, copy_images=args.copy_images, tolerance=args.polygon_tolerance,
             progress=args.progress,
@@ -123,5 +140,6 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     info = preview(args.dataset, args.out)
     missing = f", {info['missing']} images missing" if info["missing"] else ""
-    print(f"drew {info['drawn']} images into {args.out}{missing}; contact sheet: {info['sheet']}")
+    unusable = f", {info['unusable']} annotations that cannot be drawn" if info["unusable"] else ""
+    print(f"drew {info['drawn']} images into {args.out}{missing}{unusable}; contact sheet: {info['sheet']}")
     return 0

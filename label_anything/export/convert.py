@@ -2,8 +2,9 @@
 
 Output::
 
-    DIR/images/<file name>             every image found (URL-decoded original names)
-    DIR/annotations/ann.json           COCO (+ train.json / val.json with a split)
+    DIR/images/<file name>             every image found (URL-decoded original names; EXIF-rotated ones upright)
+    DIR/annotations/ann.json           COCO, masks only (+ train.json / val.json with a split)
+    DIR/annotations/boxes.json         COCO detection file of the box-only regions (when there are any)
     DIR/labels/<stem>.txt, data.yaml   YOLO-seg (+ train.txt / val.txt with a split)
     DIR/<model>_custom.py              MMDetection config (--mmdet-config)
 
@@ -23,12 +24,22 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from label_anything.errors import LabelAnythingError
-from label_anything.export.coco import CocoWriter
-from label_anything.export.images import ImageLocator, copy_image, image_size, unique_file_name
+from label_anything.errors import ImageError, LabelAnythingError
+from label_anything.export.coco import BOXES_FILE, CocoWriter
+from label_anything.export.images import (
+    UNREADABLE,
+    ImageLocator,
+    ImageSource,
+    copy_image,
+    image_size,
+    unique_file_name,
+)
 from label_anything.export.labelstudio_export import (
+    Region,
     Tally,
     choose_annotations,
+    count_predictions,
+    count_regions,
     image_reference,
     iter_tasks,
     merge_suggestion_duplicates,
@@ -40,6 +51,10 @@ from label_anything.export.yolo import YoloWriter
 
 Format = Literal["coco-rle", "coco-polygon", "yolo-seg"]
 FORMATS: tuple[str, ...] = ("coco-rle", "coco-polygon", "yolo-seg")
+BOX_TO_DETECTION_FILE = f"box-only region (no mask): written to annotations/{BOXES_FILE}"
+BOX_NOT_IN_YOLO = "box-only region (no mask): YOLO-seg has no box lines (use --boxes-as-masks or --skip-boxes)"
+SIZE_DIFFERS = "image whose file size differs from original_width/height of its regions"
+NO_SIZE = "task without a size (no readable image, no region with original_width/height)"
 
 
 class StrictError(LabelAnythingError):
@@ -83,6 +98,7 @@ class ConvertResult:
     n_tasks: int = 0
     n_images: int = 0
     n_images_copied: int = 0
+    n_images_upright: int = 0
     n_annotations: int = 0
     files: list[Path] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
@@ -94,6 +110,8 @@ class ConvertResult:
             f"converted {self.n_tasks} tasks: {self.n_images} images ({self.n_images_copied} copied to "
             f"{self.out_dir / 'images'}), {self.n_annotations} annotations",
         ]
+        if self.n_images_upright:
+            lines.append(f"  {self.n_images_upright} images written upright (EXIF orientation applied)")
         if self.splits:
             lines.append("split: " + ", ".join(f"{k} {len(v)} images" for k, v in self.splits.items()))
         lines += self.tally.lines() or ["  every region was converted"]
@@ -130,6 +148,7 @@ def convert(
     val_ratio: float | None = None,
     mmdet_config: str | None = None,
     skip_boxes: bool = False,
+    boxes_as_masks: bool = False,
     merge_suggestions: bool = True,
     all_annotations: bool = False,
     strict: bool = False,
@@ -149,9 +168,12 @@ def convert(
         image_key: the task data key of the image (default: the label config's, else ``image``).
         val_ratio: fraction of images for validation (None: no split).
         mmdet_config: write an MMDetection config for this model (COCO formats only).
-        skip_boxes: leave box-only regions out (counted as skipped).
-        merge_suggestions: one object per smart-click answer: drop the box and polygons that duplicate a
-            brush mask of the same label in the same annotation (see ``merge_suggestion_duplicates``).
+        skip_boxes: leave box-only regions out (counted as skipped). Otherwise they go to
+            ``annotations/boxes.json`` (COCO formats; counted as skipped) or are counted as not converted
+            (YOLO-seg), unless ``boxes_as_masks``.
+        boxes_as_masks: write a box-only region as a mask of its rectangle.
+        merge_suggestions: one object per smart-click answer: the brush mask, box and polygons whose ids
+            mark them as one answer become one annotation (see ``merge_suggestion_duplicates``).
         all_annotations: convert every non-cancelled annotation of a task, not only the newest.
         strict: raise ``StrictError`` (writing no annotation file) when anything was not converted.
         copy_images: copy the images found into ``out_dir/images``.
@@ -165,6 +187,8 @@ def convert(
         raise LabelAnythingError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if mmdet_config and fmt == "yolo-seg":
         raise LabelAnythingError("--mmdet-config needs a COCO format (--to coco-rle or coco-polygon), not yolo-seg")
+    if skip_boxes and boxes_as_masks:
+        raise LabelAnythingError("--skip-boxes and --boxes-as-masks contradict each other: choose one")
     if val_ratio is not None:
         split_ids({}, val_ratio)  # validate before any work
     export = Path(export)
@@ -172,7 +196,10 @@ def convert(
         raise LabelAnythingError(f"the export {export} does not exist; export the project from Label Studio as JSON")
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        images_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabelAnythingError(f"cannot create the dataset folder {images_dir}: {exc.strerror or exc}") from None
     own_locator = locator is None
     locator = locator or ImageLocator()
     cls = Classes(classes, fixed=True) if classes else Classes(config_labels)
@@ -191,15 +218,17 @@ def convert(
         for index, task in enumerate(iter_tasks(export, on_read=bar.update)):
             result.n_tasks += 1
             _convert_task(task, index, result=result, writer=writer, locator=locator, cls=cls, keys=keys,
-                          taken=taken, images_dir=images_dir, image_key=image_key, skip_boxes=skip_boxes,
-                          merge_suggestions=merge_suggestions, all_annotations=all_annotations, copy_images=copy_images)
+                          taken=taken, images_dir=images_dir, image_key=image_key,
+                          options=_Options(skip_boxes, boxes_as_masks, merge_suggestions, all_annotations,
+                                           copy_images))
             if result.n_tasks % 256 == 0:
                 bar.set_postfix(tasks=result.n_tasks, refresh=False)
         bar.set_postfix(tasks=result.n_tasks)
-        if strict and tally.dropped:
+        if strict and tally.losses():
+            losses = {**tally.images_dropped, **tally.dropped}
             raise StrictError(
-                f"--strict: {sum(tally.dropped.values())} regions or images could not be converted "
-                f"({'; '.join(f'{n} × {r}' for r, n in tally.dropped.items())}); no annotation file was written"
+                f"--strict: {tally.losses()} regions or images could not be converted "
+                f"({'; '.join(f'{n} × {r}' for r, n in losses.items())}); no annotation file was written"
             )
         splits = split_ids(keys, val_ratio) if val_ratio is not None else {}
         result.splits = splits
@@ -223,6 +252,32 @@ def convert(
     return result
 
 
+@dataclass(frozen=True)
+class _Options:
+    skip_boxes: bool
+    boxes_as_masks: bool
+    merge_suggestions: bool
+    all_annotations: bool
+    copy_images: bool
+
+
+def _task_id(raw_id: Any, keys: dict[int, str]) -> int:
+    # COCO ids are 64-bit ints in most loaders; anything else (or a repeated id) gets a fresh one.
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool) and 0 <= raw_id < 2**63 and raw_id not in keys:
+        return raw_id
+    return max(keys, default=0) + 1
+
+
+def _image_size(source: ImageSource | None, task: dict[str, Any], tally: Tally, where: str) -> \
+        tuple[ImageSource | None, tuple[int, int] | None, tuple[int, int] | None]:
+    """(the source if it is a readable image, its size as shown, the regions' size)."""
+    file_size = image_size(source) if source is not None else None
+    if source is not None and file_size is None:
+        tally.drop_image(UNREADABLE, where)
+        source = None
+    return source, file_size, task_size(task)
+
+
 def _convert_task(
     task: dict[str, Any],
     index: int,
@@ -235,59 +290,74 @@ def _convert_task(
     taken: dict[str, str],
     images_dir: Path,
     image_key: str | None,
-    skip_boxes: bool,
-    merge_suggestions: bool,
-    all_annotations: bool,
-    copy_images: bool,
+    options: _Options,
 ) -> None:
     tally = result.tally
     raw_id = task.get("id")
-    task_id = raw_id if isinstance(raw_id, int) and raw_id not in keys else max(keys, default=0) + 1
-    where = f"task {raw_id if raw_id is not None else index}"
-    annotations = choose_annotations(task, all_annotations=all_annotations, tally=tally)
-    n_predicted = sum(len(p.get("result") or []) for p in task.get("predictions") or [] if isinstance(p, dict))
-    if n_predicted:
-        tally.skip("region of a prediction (only annotations are exported)", n=n_predicted)
-    n_results = sum(len(a.get("result") or []) for a in annotations)
+    where = f"task {raw_id if isinstance(raw_id, int | str) else index}"[:80]
+    annotations = choose_annotations(task, all_annotations=options.all_annotations, tally=tally)
+    count_predictions(task, tally)
+    n_regions = sum(count_regions(a.get("result")) for a in annotations)
     ref = image_reference(task, image_key)
     if ref is None:
-        tally.drop("task without an image reference in its data", where, n=max(n_results, 1))
+        tally.drop_image("task without an image reference in its data", where)
+        tally.drop("region of a task without an image reference in its data", where, n=n_regions)
+        return
+    task_id = _task_id(raw_id, keys)
+    found = locator.find(ref)
+    if isinstance(found, str):
+        tally.drop_image(found, f"{where}: {ref[:200]}")
+    source, file_size, size = _image_size(found if isinstance(found, ImageSource) else None, task, tally,
+                                          f"{where}: {ref[:200]}")
+    if size is not None and file_size is not None and file_size != size:
+        # The regions' pixels are relative to original_width/height: on this file they would be wrong.
+        tally.drop_image(SIZE_DIFFERS, f"{where}: file {file_size[0]}x{file_size[1]}, regions {size[0]}x{size[1]}")
+        tally.drop(f"region of an {SIZE_DIFFERS}", where, n=n_regions)
+        return
+    size = size or file_size
+    if size is None:
+        tally.drop_image(NO_SIZE, f"{where}: {ref[:200]}")
+        tally.drop(f"region of a {NO_SIZE}", where, n=n_regions)
         return
     file_name = unique_file_name(ref, task_id, taken)
-    source = locator.locate(ref)
-    if source is None:
-        tally.drop("image not found (use --images-root or LABEL_STUDIO_URL)", f"{where}: {ref}")
-    size = task_size(task)
-    file_size = image_size(source) if source is not None else None
-    if size is None:
-        size = file_size
-    elif file_size is not None and file_size != size:
-        tally.drop("image whose file size differs from original_width/height of its regions",
-                   f"{where}: file {file_size[0]}x{file_size[1]}, regions {size[0]}x{size[1]}")
-    if size is None:
-        tally.drop("task without a size (no image found and no region)", f"{where}: {ref}", n=max(n_results, 1))
-        return
-    if source is not None and copy_images:
-        copy_image(source, images_dir / file_name)
-        result.n_images_copied += 1
-    width, height = size
+    if source is not None and options.copy_images:
+        try:
+            result.n_images_upright += copy_image(source, images_dir / file_name)
+            result.n_images_copied += 1
+        except ImageError as exc:
+            tally.drop_image("image with an EXIF orientation that cannot be written upright (not copied)",
+                             f"{where}: {exc}")
     keys[task_id] = file_name
-    writer.add_image(task_id, file_name, width, height)
+    writer.add_image(task_id, file_name, *size)
     for annotation in annotations:
         regions = list(parse_regions(annotation, tally, where))
-        if merge_suggestions:
+        if options.merge_suggestions:
             regions = merge_suggestion_duplicates(regions, tally)
         for region in regions:
-            if region.kind == "rectangle" and skip_boxes:
-                tally.skip("box-only region (--skip-boxes)")
-                continue
-            if (region.width, region.height) != (width, height):
-                tally.drop("region whose original size differs from its image's",
-                           f"{where}: {region.width}x{region.height} vs {width}x{height}")
-                continue
-            category_id = cls.lookup(region.label)
-            if category_id is None:
-                tally.drop("label not in --classes", f"{where}: {region.label!r}")
-                continue
-            if not writer.add_region(task_id, region, category_id):
-                tally.drop(f"{region.kind} region that covers no pixel", where)
+            _add_region(region, task_id, size, writer=writer, cls=cls, tally=tally, where=where, options=options)
+
+
+def _add_region(region: Region, task_id: int, size: tuple[int, int], *, writer: CocoWriter | YoloWriter,
+                cls: Classes, tally: Tally, where: str, options: _Options) -> None:
+    if region.box_only and options.skip_boxes:
+        tally.skip("box-only region (--skip-boxes)")
+        return
+    if (region.width, region.height) != size:
+        tally.drop("region whose original size differs from its image's",
+                   f"{where}: {region.width}x{region.height} vs {size[0]}x{size[1]}")
+        return
+    category_id = cls.lookup(region.label)
+    if category_id is None:
+        tally.drop("label not in --classes", f"{where}: {region.label[:80]!r}")
+        return
+    if region.box_only and options.boxes_as_masks:
+        region = region.with_box_as_mask()
+    if region.box_only:
+        if isinstance(writer, CocoWriter):
+            writer.add_box(task_id, region, category_id)
+            tally.skip(BOX_TO_DETECTION_FILE)
+        else:
+            tally.drop(BOX_NOT_IN_YOLO, where)
+        return
+    if not writer.add_region(task_id, region, category_id):
+        tally.drop(f"{region.kind} region that covers no pixel", where)

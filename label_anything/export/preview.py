@@ -1,7 +1,8 @@
 """Pictures of a converted dataset: every image with its masks, boxes and labels, and a contact sheet.
 
-Reads ``DIR/annotations/ann.json`` (COCO, RLE or polygons) or, failing that, ``DIR/data.yaml`` with
-``DIR/labels/*.txt`` (YOLO-seg). Each class has its own colour (golden-ratio hues, so neighbours in the
+Reads ``DIR/annotations/ann.json`` (COCO, RLE or polygons; the boxes of ``boxes.json`` beside it are drawn
+too) or, failing that, ``DIR/data.yaml`` with ``DIR/labels/*.txt`` (YOLO-seg). An annotation or label line
+that cannot be drawn is counted, not fatal. Each class has its own colour (golden-ratio hues, so neighbours in the
 class list differ); each picture carries a legend of the classes it shows.
 """
 
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 from label_anything.errors import ImageError, LabelAnythingError
+from label_anything.export.coco import BOXES_FILE
 from label_anything.images import read_image
 from label_anything.masks import coco_rle_to_mask, polygons_to_mask
 
@@ -40,50 +42,95 @@ def class_colour(index: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _coco_items(ann_path: Path) -> tuple[list[str], Iterator[tuple[str, list[Instance]]]]:
-    coco = json.loads(ann_path.read_text(encoding="utf-8"))
-    categories = sorted(coco.get("categories", []), key=lambda c: c["id"])
-    names = [c["name"] for c in categories]
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LabelAnythingError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise LabelAnythingError(f"{path} is not a COCO file (not a JSON object)")
+    return data
+
+
+def _coco_instance(a: dict, h: int, w: int, index: dict[int, int]) -> Instance:
+    seg = a.get("segmentation")
+    if isinstance(seg, dict):
+        mask = coco_rle_to_mask(seg)
+    elif seg:
+        mask = polygons_to_mask(seg, h, w)
+    else:
+        mask = None
+    x, y, bw, bh = (float(v) for v in a["bbox"])
+    if not np.isfinite([x, y, bw, bh]).all():
+        raise ValueError("bbox is not finite")
+    return Instance(index.get(a.get("category_id"), 0), mask, (x, y, x + bw, y + bh))
+
+
+def _coco_items(ann_path: Path, stats: dict[str, int]) -> tuple[list[str], Iterator[tuple[str, list[Instance]]]]:
+    coco = _read_json(ann_path)
+    boxes_path = ann_path.with_name(BOXES_FILE)
+    boxes = _read_json(boxes_path) if boxes_path.is_file() else {}
+    categories = sorted((c for c in coco.get("categories") or [] if isinstance(c, dict) and "id" in c),
+                        key=lambda c: (not isinstance(c["id"], int), c["id"] if isinstance(c["id"], int) else 0,
+                                       str(c["id"])))
+    names = [str(c.get("name", c["id"])) for c in categories]
     index = {c["id"]: i for i, c in enumerate(categories)}
-    by_image: dict[int, list[dict]] = {}
-    for a in coco.get("annotations", []):
-        by_image.setdefault(a["image_id"], []).append(a)
+    by_image: dict[object, list[dict]] = {}
+    for a in [*(coco.get("annotations") or []), *(boxes.get("annotations") or [])]:
+        if isinstance(a, dict):
+            by_image.setdefault(a.get("image_id"), []).append(a)
 
     def items() -> Iterator[tuple[str, list[Instance]]]:
-        for image in coco.get("images", []):
-            h, w = image["height"], image["width"]
+        for image in coco.get("images") or []:
+            try:
+                h, w, name = int(image["height"]), int(image["width"]), str(image["file_name"])
+            except (KeyError, TypeError, ValueError):
+                stats["unusable"] += 1
+                continue
             instances = []
-            for a in by_image.get(image["id"], []):
-                seg = a.get("segmentation")
-                if isinstance(seg, dict):
-                    mask = coco_rle_to_mask(seg)
-                elif seg:
-                    mask = polygons_to_mask(seg, h, w)
-                else:
-                    mask = None
-                x, y, bw, bh = a["bbox"]
-                instances.append(Instance(index.get(a["category_id"], 0), mask, (x, y, x + bw, y + bh)))
-            yield image["file_name"], instances
+            for a in by_image.get(image.get("id"), []):
+                try:
+                    instances.append(_coco_instance(a, h, w, index))
+                except (KeyError, TypeError, ValueError, IndexError):
+                    stats["unusable"] += 1
+            yield name, instances
 
     return names, items()
 
 
-def _yolo_items(root: Path) -> tuple[list[str], Iterator[tuple[str, list[Instance]]]]:
+def _yolo_items(root: Path, stats: dict[str, int]) -> tuple[list[str], Iterator[tuple[str, list[Instance]]]]:
     names_by_index: dict[int, str] = {}
-    for line in (root / "data.yaml").read_text(encoding="utf-8").splitlines():
+    try:
+        yaml_lines = (root / "data.yaml").read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:
+        raise LabelAnythingError(f"cannot read {root / 'data.yaml'}: {exc}") from None
+    for line in yaml_lines:
         m = re.match(r"^\s+(\d+):\s*(.+)$", line)
         if m:
             text = m.group(2).strip()
-            names_by_index[int(m.group(1))] = json.loads(text) if text.startswith('"') else text
-    names = [names_by_index[i] for i in sorted(names_by_index)]
+            try:
+                names_by_index[int(m.group(1))] = json.loads(text) if text.startswith('"') else text
+            except ValueError:
+                names_by_index[int(m.group(1))] = text
+    names = [str(names_by_index[i]) for i in sorted(names_by_index)]
 
     def items() -> Iterator[tuple[str, list[Instance]]]:
-        for image_path in sorted((root / "images").iterdir()):
+        images = root / "images"
+        for image_path in sorted(images.iterdir()) if images.is_dir() else []:
             if image_path.name.startswith("."):
                 continue
             label = root / "labels" / f"{image_path.stem}.txt"
-            lines = label.read_text(encoding="utf-8").splitlines() if label.exists() else []
-            yield image_path.name, [_yolo_instance(line) for line in lines if line.strip()]
+            try:
+                lines = label.read_text(encoding="utf-8").splitlines() if label.exists() else []
+            except (OSError, ValueError):
+                lines = ["unreadable"]
+            instances = []
+            for line in (line for line in lines if line.strip()):
+                try:
+                    instances.append(_yolo_instance(line))
+                except (TypeError, ValueError, IndexError):
+                    stats["unusable"] += 1
+            yield image_path.name, instances
 
     return names, items()
 
@@ -92,6 +139,8 @@ def _yolo_instance(line: str) -> Instance:
     # Normalized coordinates: kept as is here and scaled once the image size is known (see _scaled).
     values = line.split()
     xy = np.array(values[1:], dtype=np.float64).reshape(-1, 2)
+    if len(xy) < 3 or not np.isfinite(xy).all() or int(values[0]) < 0:
+        raise ValueError(f"not a YOLO-seg line: {line[:60]!r}")
     return Instance(int(values[0]), xy, (-1.0, -1.0, -1.0, -1.0))
 
 
@@ -181,18 +230,22 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 def preview(dataset: Path, out_dir: Path, *, max_sheet: int = 60) -> dict[str, int | Path]:
     """Draw every image of a converted dataset into ``out_dir`` and a contact sheet ``out_dir/contact_sheet.png``.
 
-    Returns counts (``drawn``, ``missing``) and the sheet's path.
+    Returns counts (``drawn``, ``missing`` images, ``unusable`` annotations or label lines) and the sheet's path.
     """
     dataset = Path(dataset)
+    stats = {"unusable": 0}
     if (dataset / "annotations" / "ann.json").is_file():
-        names, items = _coco_items(dataset / "annotations" / "ann.json")
+        names, items = _coco_items(dataset / "annotations" / "ann.json", stats)
     elif (dataset / "data.yaml").is_file():
-        names, items = _yolo_items(dataset)
+        names, items = _yolo_items(dataset, stats)
     else:
         raise LabelAnythingError(
             f"{dataset} is not a converted dataset (no annotations/ann.json or data.yaml); run `convert` first"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabelAnythingError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
     thumbs: list[np.ndarray] = []
     drawn = missing = 0
     for file_name, instances in items:
@@ -212,4 +265,4 @@ def preview(dataset: Path, out_dir: Path, *, max_sheet: int = 60) -> dict[str, i
     sheet_path = out_dir / "contact_sheet.png"
     sheet = contact_sheet(thumbs) if thumbs else np.full((THUMB, THUMB, 3), 40, np.uint8)
     _write_png(sheet_path, np.concatenate([sheet, legend(names, sheet.shape[1])]))
-    return {"drawn": drawn, "missing": missing, "sheet": sheet_path}
+    return {"drawn": drawn, "missing": missing, "unusable": stats["unusable"], "sheet": sheet_path}

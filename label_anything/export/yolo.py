@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from label_anything.export.atomic import write_text_atomic
-from label_anything.export.labelstudio_export import Region
+from label_anything.export.labelstudio_export import Region, clip_polygon
 from label_anything.masks import mask_to_polygons
 
 
@@ -42,21 +42,22 @@ def merge_polygons(polygons: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def region_to_yolo(region: Region, class_index: int, *, tolerance: float = 1.0) -> str | None:
-    """One label line for a region, or None when it has no polygon (an empty mask).
+    """One label line for a region with a mask, or None when it covers no pixel.
 
-    Brush masks are traced with ``mask_to_polygons`` (holes and parts spliced in); drawn polygons are kept;
-    a rectangle becomes its 4 corners (rotated as drawn).
+    Brush masks are traced with ``mask_to_polygons`` (holes and parts spliced in); drawn polygons are kept,
+    cut to the image (Ultralytics reads coordinates in [0, 1]), the parts of one smart-click answer joined.
+    A box-only region has no line: YOLO-seg has no box lines, and its 4 corners would be a mask.
     """
-    if region.kind == "rectangle":
-        ring = region.corners
-    elif region.polygon is not None:
-        ring = region.polygon
+    if region.box_only or not region.to_mask().any():
+        return None
+    if region.polygons:
+        rings = [clip_polygon(p, 0, 0, region.width, region.height) for p in region.polygons]
+        polygons = [r for r in rings if len(r) >= 3]
     else:
         polygons = mask_to_polygons(region.to_mask(), tolerance=tolerance)
-        if not polygons:
-            return None
-        ring = merge_polygons(polygons)
-    assert ring is not None
+    if not polygons:
+        return None
+    ring = merge_polygons(polygons)
     xy = np.clip(ring / np.array([region.width, region.height]), 0.0, 1.0)
     return f"{class_index} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1))
 

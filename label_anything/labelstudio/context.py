@@ -3,6 +3,13 @@
 Label Studio sends coordinates in percent (0–100) of ``original_width`` / ``original_height``, the
 image's natural size after EXIF rotation. ``percent_to_pixels`` and ``pixels_to_percent`` are the only
 places in the backend that convert between the two, so a round trip cannot drift.
+
+``image_rotation`` is the rotation of the *view* only. Label Studio's rotate button (the Image tag's
+``rotateControl``) turns the whole Konva stage (``rotation`` and ``offset`` on the ``<Stage>`` of
+``ImageView.jsx``) and maps every click back through the stage's inverse transform
+(``fixZoomedCoords`` in ``tags/object/Image/Image.js``); regions keep the coordinates of the unrotated
+image and ``naturalWidth/naturalHeight`` never swap. So the percent values are used as they are, the
+answer is in the same unrotated frame, and ``image_rotation`` is only carried over to it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import numpy as np
 
 from label_anything.engine import Prompt
 from label_anything.errors import LabelAnythingError, PromptError
+from label_anything.labelstudio.config import LabelConfig
 
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
 """Smart region types that become a prompt: clicks and rectangles."""
@@ -64,7 +72,8 @@ class Click:
         from_name: the control of the smart region(s) (e.g. the KeyPointLabels control).
         label: the clicked label.
         width, height: ``original_width`` / ``original_height`` of the image in pixels.
-        rotation: ``image_rotation`` (passed through to the answer).
+        rotation: ``image_rotation``, the rotation of the annotator's view (coordinates do not depend on
+            it); passed through to the answer.
         points: (N, 2) float32 xy pixels; point_labels: (N,) int32, 1 positive, 0 negative.
         box: (4,) float32 ``x0, y0, x1, y1`` pixels, or None.
     """
@@ -125,7 +134,7 @@ def _label(region: dict, type_: str) -> str:
     return labels[0]
 
 
-def parse_context(context: Any) -> Click | None:
+def parse_context(context: Any, config: LabelConfig | None = None) -> Click | None:
     """Turn ``params.context`` of an interactive ``/predict`` into a ``Click``.
 
     All smart keypoints (``is_positive`` false = a negative click) and a smart rectangle of the same
@@ -133,9 +142,15 @@ def parse_context(context: Any) -> Click | None:
     region wins (it is the one just clicked). Returns None for a context with no smart region (the
     user deleted them all): the answer is then an empty result.
 
+    Regions from other clients may leave out ``to_name`` / ``from_name`` (the official SAM example's
+    test does): with the label ``config``, a label config of one image names the image, and the one
+    control of the region's type on it names the control (``from_name`` stays empty when several
+    could be meant: nothing in the answer depends on it).
+
     Raises ContextError (and only ContextError) for anything malformed: a region that is not a smart
-    keypoint or rectangle, one without a ``value`` object, coordinates that are not finite or outside
-    0–100 percent, a box of zero area, more than ``MAX_POINTS`` points.
+    keypoint or rectangle, one without a ``value`` object or without a ``to_name`` the config cannot
+    supply, coordinates that are not finite or outside 0–100 percent, a box of zero area, more than
+    ``MAX_POINTS`` points.
     """
     if not isinstance(context, dict):
         raise ContextError("params.context must be an object with a 'result' list")
@@ -148,10 +163,9 @@ def parse_context(context: Any) -> Click | None:
         _check_prompt_region(region)
     if not regions:
         return None
+    regions = [_named(region, config) for region in regions]
     last = regions[-1]
-    to_name = last.get("to_name")
-    if not isinstance(to_name, str) or not to_name:
-        raise ContextError("a context region has no to_name")
+    to_name = last["to_name"]
     label = _label(last, last["type"])
     group = [r for r in regions if r.get("to_name") == to_name and _label(r, r["type"]) == label]
     width, height = _size(last, "original_width"), _size(last, "original_height")
@@ -210,6 +224,31 @@ def _check_prompt_region(region: Any) -> None:
             f"context region type {type_!r} cannot be a prompt (smart regions must be one of "
             f"{', '.join(PROMPT_TYPES)})"
         )
+
+
+def _has_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _named(region: dict, config: LabelConfig | None) -> dict:
+    """``region``, or a copy with the ``to_name`` / ``from_name`` it leaves out taken from ``config``."""
+    if _has_name(region.get("to_name")) and _has_name(region.get("from_name")):
+        return region
+    region = dict(region)
+    if not _has_name(region.get("to_name")):
+        images = tuple(config.images) if config is not None else ()
+        if len(images) != 1:
+            which = (
+                "and no label config to take it from" if config is None
+                else "and the label config has no <Image>" if not images
+                else f"and the label config has {len(images)} images ({', '.join(map(repr, images))})"
+            )
+            raise ContextError(f"a context region has no to_name, {which}: send to_name with each region")
+        region["to_name"] = images[0]
+    if not _has_name(region.get("from_name")) and config is not None:
+        controls = [c.name for c in config.controls if c.type == region["type"] and region["to_name"] in c.to_names]
+        region["from_name"] = controls[0] if len(controls) == 1 else ""
+    return region
 
 
 def region_rotation(region: dict) -> float:

@@ -14,7 +14,8 @@ fetches only from Label Studio's own origin and from hosts on an explicit allow-
 by hand, one hop at a time, and every hop is checked the same way, except hops that Label Studio itself
 answered with (its presign endpoint redirects to the storage bucket it was configured with). The API key
 is only ever sent to Label Studio's origin. Decoded images are kept in a small LRU so the clicks after
-the first do not re-download.
+the first do not re-download; a local file's entry is keyed by its path and checked against the file's
+size, modification time and inode on every fetch, so an image edited on disk is read again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -213,7 +215,9 @@ class ImageFetcher:
             if self.label_studio_url and api_key
             else None
         )
-        self._cache: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+        # key → (image, digest, file version): a URL or Label Studio path is its own key (version None);
+        # a local file is keyed by its resolved path, and its entry holds only while the version matches
+        self._cache: OrderedDict[str, tuple[np.ndarray, str, tuple[int, ...] | None]] = OrderedDict()
         self._cache_bytes = 0
         self._lock = threading.Lock()
 
@@ -226,16 +230,35 @@ class ImageFetcher:
         if not isinstance(ref, str) or not ref.strip():
             raise ImageError("the task has no image reference")
         ref = ref.strip()
+        path = self._local_path(ref)
+        key = ref if path is None else f"file:{path}"
+        version = None if path is None else _file_version(path, ref)
         with self._lock:
-            hit = self._cache.get(ref)
-            if hit is not None:
-                self._cache.move_to_end(ref)
-                return hit
-        data = self._read(ref, task_id)
+            hit = self._cache.get(key)
+            if hit is not None and hit[2] == version:
+                self._cache.move_to_end(key)
+                return hit[0], hit[1]
+        if path is None:
+            data = self._read(ref, task_id)
+        else:
+            # the version read with the bytes, not the one above: an edit in between is seen next time
+            data, version = _read_file(path, ref)
         image = decode_image(data, max_pixels=self.max_pixels, name=_short(ref))
-        entry = (image, image_digest(image))
-        self._remember(ref, entry)
-        return entry
+        digest = image_digest(image)
+        self._remember(key, (image, digest, version))
+        return image, digest
+
+    def _local_path(self, ref: str) -> Path | None:
+        """The file under ``local_files_root`` that a ``/data/local-files/?d=`` reference names (checked to
+        stay inside the root), or None for any other reference, or when there is no root (Label Studio
+        serves the file then)."""
+        parts = urlsplit(ref)
+        if parts.scheme or not parts.path.startswith("/data/local-files") or self.local_files_root is None:
+            return None
+        values = parse_qs(parts.query).get("d")
+        if not values:
+            raise ImageError(f"local-files reference {_short(ref)!r} has no ?d= path")
+        return local_file_path(self.local_files_root, values[0])
 
     # -- sources -----------------------------------------------------------------------------------
     def _read(self, ref: str, task_id: int | str | None) -> bytes:
@@ -248,16 +271,9 @@ class ImageFetcher:
         if scheme:
             raise AccessDeniedError(f"image reference {_short(ref)!r} uses an unsupported scheme {scheme!r}")
         if parts.path.startswith("/data/local-files"):
-            values = parse_qs(parts.query).get("d")
-            if not values:
+            if not parse_qs(parts.query).get("d"):
                 raise ImageError(f"local-files reference {_short(ref)!r} has no ?d= path")
-            if self.local_files_root is not None:
-                path = local_file_path(self.local_files_root, values[0])
-                try:
-                    return path.read_bytes()
-                except OSError as exc:
-                    raise ImageError(f"cannot read local file {values[0]!r}: {exc.strerror}") from None
-            return self._get(self._ls_url(ref), auth=True)
+            return self._get(self._ls_url(ref), auth=True)  # no local root (those are read in ``fetch``)
         if parts.path.startswith("/data/") or parts.path.startswith("/storage-data/"):
             return self._get(self._ls_url(ref), auth=True)
         raise AccessDeniedError(f"image reference {_short(ref)!r} is neither a URL nor a Label Studio path")
@@ -351,19 +367,41 @@ class ImageFetcher:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _remember(self, ref: str, entry: tuple[np.ndarray, str]) -> None:
+    def _remember(self, key: str, entry: tuple[np.ndarray, str, tuple[int, ...] | None]) -> None:
         size = entry[0].nbytes
         if size > self.max_cache_bytes:
             return
         with self._lock:
-            old = self._cache.pop(ref, None)
+            old = self._cache.pop(key, None)
             if old is not None:
                 self._cache_bytes -= old[0].nbytes
-            self._cache[ref] = entry
+            self._cache[key] = entry
             self._cache_bytes += size
             while self._cache_bytes > self.max_cache_bytes:
-                _, (evicted, _) = self._cache.popitem(last=False)
+                _, (evicted, _, _) = self._cache.popitem(last=False)
                 self._cache_bytes -= evicted.nbytes
+
+
+def _version(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is written or replaced: size, modification time (ns), device and inode."""
+    return st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
+
+
+def _file_version(path: Path, ref: str) -> tuple[int, ...]:
+    try:
+        return _version(path.stat())
+    except OSError as exc:
+        raise ImageError(f"cannot read local file {_short(ref)!r}: {exc.strerror or exc}") from None
+
+
+def _read_file(path: Path, ref: str) -> tuple[bytes, tuple[int, ...]]:
+    """The bytes of ``path`` and its version, taken from the one open file."""
+    try:
+        with path.open("rb") as f:
+            version = _version(os.fstat(f.fileno()))
+            return f.read(), version
+    except OSError as exc:
+        raise ImageError(f"cannot read local file {_short(ref)!r}: {exc.strerror or exc}") from None
 
 
 def _same_origin(a: str, b: str) -> bool:

@@ -234,7 +234,8 @@ def _region_count(tasks: list[dict]) -> int:
 # -- command line ------------------------------------------------------------------------------------
 def add_import_coco_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything import-coco`` to the CLI's sub-commands."""
-    env = os.environ.get
+    from label_anything.options import env
+
     p = subparsers.add_parser(
         "import-coco",
         help="bring a COCO file (boxes, masks) into Label Studio as tasks with predictions to review",
@@ -254,7 +255,7 @@ def add_import_coco_parser(subparsers) -> argparse.ArgumentParser:
     ls.add_argument("--label-studio-api-key", default=env("LABEL_STUDIO_API_KEY"),
                     help="personal access token (or legacy token) [env LABEL_STUDIO_API_KEY]")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--local-files-root", type=Path, default=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT"),
+    where.add_argument("--local-files-root", type=Path, default=env("LOCAL_FILES_DOCUMENT_ROOT"),
                        help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: images become /data/local-files/?d=<path "
                             "relative to it>; with --project, a local-files storage of DIR is added to the project "
                             "when none covers it, so Label Studio serves them (not synced: do not sync it) "

@@ -7,6 +7,7 @@ module only chooses controls and writes Label Studio's JSON shapes. Percent valu
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -22,6 +23,21 @@ from label_anything.labelstudio.rle import brush_rle_encode
 # polygon splicing or flood the labeling screen. The brush region always carries the exact mask.
 MAX_POLYGON_PARTS = 50
 MAX_POLYGON_HOLES = 32
+
+# The regions of one answer share its id: "<answer>-mask", "<answer>-box", "<answer>-poly-<k>". Label Studio
+# keeps region ids when the annotator accepts a suggestion and submits, so an export can tell the three shapes
+# of one object from three objects. No "#": Label Studio cuts a region id at it.
+_ANSWER_REGION_ID = re.compile(r"^(?P<answer>[0-9a-f]{10})-(?:mask|box|poly-[0-9]+)$")
+
+
+def answer_of(region_id: object) -> str | None:
+    """The answer id of a region this backend answered with, or None for any other region id.
+
+    >>> answer_of("0123abcdef-poly-2"), answer_of("fBWv1t0S2L")
+    ('0123abcdef', None)
+    """
+    match = _ANSWER_REGION_ID.match(region_id) if isinstance(region_id, str) else None
+    return match["answer"] if match else None
 
 
 class OutputError(LabelAnythingError):
@@ -79,9 +95,9 @@ def output_controls(config: LabelConfig, click: Click, options: OutputOptions) -
     return chosen
 
 
-def _region(click: Click, control: str, type_: str, value: dict, score: float) -> dict:
+def _region(click: Click, control: str, type_: str, value: dict, score: float, region_id: str) -> dict:
     return {
-        "id": uuid.uuid4().hex[:10],
+        "id": region_id,
         "from_name": control,
         "to_name": click.to_name,
         "type": type_,
@@ -113,19 +129,23 @@ def box_value(xyxy: np.ndarray, click: Click) -> dict:
 def mask_results(
     mask: np.ndarray, score: float, click: Click, controls: dict[str, str], options: OutputOptions
 ) -> list[dict]:
-    """Regions for one mask (H, W) bool under ``click.label``; empty for an empty mask."""
+    """Regions for one mask (H, W) bool under ``click.label``; empty for an empty mask.
+
+    The regions are one object: their ids share one answer id (see ``answer_of``).
+    """
     if mask.shape != (click.height, click.width):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, the image {click.width}x{click.height}")
     if not mask.any():
         return []
     score = round(float(score), 6)
+    answer = uuid.uuid4().hex[:10]
     results: list[dict] = []
     if "brushlabels" in controls:
         value = {"format": "rle", "rle": brush_rle_encode(mask), "brushlabels": [click.label]}
-        results.append(_region(click, controls["brushlabels"], "brushlabels", value, score))
+        results.append(_region(click, controls["brushlabels"], "brushlabels", value, score, f"{answer}-mask"))
     if "rectanglelabels" in controls:
         value = box_value(masks.mask_to_xyxy(mask), click)
-        results.append(_region(click, controls["rectanglelabels"], "rectanglelabels", value, score))
+        results.append(_region(click, controls["rectanglelabels"], "rectanglelabels", value, score, f"{answer}-box"))
     if "polygonlabels" in controls:
         polygons = masks.mask_to_polygons(
             mask,
@@ -134,7 +154,7 @@ def mask_results(
             max_parts=MAX_POLYGON_PARTS,
             max_holes=MAX_POLYGON_HOLES,
         )
-        for polygon in polygons:
+        for k, polygon in enumerate(polygons):
             points = [
                 [pixels_to_percent(x, click.width), pixels_to_percent(y, click.height)]
                 for x, y in np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
@@ -142,5 +162,6 @@ def mask_results(
             if len(points) < 3:
                 continue
             value = {"points": points, "closed": True, "polygonlabels": [click.label]}
-            results.append(_region(click, controls["polygonlabels"], "polygonlabels", value, score))
+            region_id = f"{answer}-poly-{k}"
+            results.append(_region(click, controls["polygonlabels"], "polygonlabels", value, score, region_id))
     return results

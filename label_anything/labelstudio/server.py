@@ -254,7 +254,7 @@ class Backend:
     def interactive(self, task: dict, config: LabelConfig, context: Any) -> dict:
         """Answer one click: the prediction for ``task`` (one mask, as brush/box/polygons)."""
         t0 = time.perf_counter()
-        click = parse_context(context)
+        click = parse_context(context, config)
         if click is None:  # every smart region was deleted
             return self._prediction([], 0.0)
         controls = output_controls(config, click, self.options.outputs)
@@ -468,17 +468,10 @@ def create_app(backend: Backend) -> Starlette:
 
 
 # -- CLI -------------------------------------------------------------------------------------------
-def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
 def _basic_auth(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
-        raise argparse.ArgumentTypeError("--basic-auth is USER:PASSWORD")
+        raise argparse.ArgumentTypeError("not USER:PASSWORD (both non-empty, joined by ':')")
     return user, password
 
 
@@ -492,9 +485,9 @@ def allowed_image_hosts(args: argparse.Namespace) -> tuple[str, ...]:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything serve`` to the CLI's sub-commands."""
-    from label_anything.cli import add_model_arguments, positive_int
+    from label_anything.cli import add_model_arguments
+    from label_anything.options import env, non_negative_float, port_number, positive_int
 
-    env = os.environ.get
     p = subparsers.add_parser(
         "serve",
         help="run the Label Studio ML backend (interactive masks, boxes, polygons)",
@@ -507,45 +500,45 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     out.add_argument(
         "--out-mask",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool("LABEL_ANYTHING_OUT_MASK", True),
+        default=env("LABEL_ANYTHING_OUT_MASK", True),
         help="answer a brush mask (BrushLabels) [env LABEL_ANYTHING_OUT_MASK; default: on]",
     )
     out.add_argument(
         "--out-bbox",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool("LABEL_ANYTHING_OUT_BBOX", False),
+        default=env("LABEL_ANYTHING_OUT_BBOX", False),
         help="answer the mask's box (RectangleLabels) [env LABEL_ANYTHING_OUT_BBOX; default: off]",
     )
     out.add_argument(
         "--out-poly",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool("LABEL_ANYTHING_OUT_POLY", False),
+        default=env("LABEL_ANYTHING_OUT_POLY", False),
         help="answer polygons (PolygonLabels), one per part [env LABEL_ANYTHING_OUT_POLY; default: off]",
     )
     out.add_argument(
         "--poly-tolerance",
-        type=float,
-        default=float(env("LABEL_ANYTHING_POLY_TOLERANCE", "1.0")),
+        type=non_negative_float,
+        default=env("LABEL_ANYTHING_POLY_TOLERANCE", "1.0"),
         help="polygon simplification in pixels [env LABEL_ANYTHING_POLY_TOLERANCE; default: %(default)s]",
     )
     out.add_argument(
         "--poly-min-area",
-        type=float,
-        default=float(env("LABEL_ANYTHING_POLY_MIN_AREA", "16")),
+        type=non_negative_float,
+        default=env("LABEL_ANYTHING_POLY_MIN_AREA", "16"),
         help="drop polygon parts (specks) smaller than this many pixels "
         "[env LABEL_ANYTHING_POLY_MIN_AREA; default: %(default)s]",
     )
     out.add_argument(
         "--refine",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool("LABEL_ANYTHING_REFINE", True),
+        default=env("LABEL_ANYTHING_REFINE", True),
         help="refine the previous mask when points are added to the same object "
         "[env LABEL_ANYTHING_REFINE; default: on]",
     )
     out.add_argument(
         "--boxes-to-masks",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool("LABEL_ANYTHING_BOXES_TO_MASKS", True),
+        default=env("LABEL_ANYTHING_BOXES_TO_MASKS", True),
         help="'Retrieve predictions' (and opening a task) on tasks that hold rectangles, in their newest "
         "annotation or else a prediction: answer one mask per rectangle, its box as the prompt, under its "
         "label [env LABEL_ANYTHING_BOXES_TO_MASKS; default: on]",
@@ -558,14 +551,14 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--port",
-        type=int,
-        default=int(env("LABEL_ANYTHING_PORT", "8003")),
+        type=port_number,
+        default=env("LABEL_ANYTHING_PORT", "8003"),
         help="[env LABEL_ANYTHING_PORT; default: %(default)s]",
     )
     net.add_argument(
         "--basic-auth",
         type=_basic_auth,
-        default=None,
+        default=env("LABEL_ANYTHING_BASIC_AUTH"),
         metavar="USER:PASS",
         help="require HTTP basic auth from Label Studio [env LABEL_ANYTHING_BASIC_AUTH]",
     )
@@ -597,21 +590,20 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     net.add_argument(
         "--max-image-pixels",
         type=positive_int,
-        # a string default goes through ``type`` too: a bad env value is a usage error of ``serve`` only
         default=env("LABEL_ANYTHING_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)),
         help="refuse images larger than this many pixels, read from the file header before decoding "
         "(decompression bombs) [env LABEL_ANYTHING_MAX_IMAGE_PIXELS; default: %(default)s]",
     )
     net.add_argument(
         "--embedding-cache-mb",
-        type=int,
-        default=int(env("LABEL_ANYTHING_EMBEDDING_CACHE_MB", "1024")),
+        type=positive_int,
+        default=env("LABEL_ANYTHING_EMBEDDING_CACHE_MB", "1024"),
         help="memory for image embeddings, per worker [env LABEL_ANYTHING_EMBEDDING_CACHE_MB; default: %(default)s]",
     )
     net.add_argument(
         "--workers",
         type=positive_int,
-        default=env(WORKERS_ENV) or "1",
+        default=env(WORKERS_ENV, "1"),
         help="backend processes answering on one port, each with its own model, memory cache and share of "
         "the CPU cores. They share embeddings through the disk cache in --cache-dir (one machine) or "
         f"through Redis with --cache-url [env {WORKERS_ENV}; default: %(default)s]",
@@ -630,9 +622,8 @@ WORKER_OPTIONS_ENV = "LABEL_ANYTHING_SERVE_OPTIONS"
 
 def _serve_options(args: argparse.Namespace) -> ServeOptions:
     """The non-model options of ``serve``; raises LabelAnythingError when they cannot work."""
+    # a tuple, also when the options came back from JSON (``serve --workers N``) as a list
     basic_auth = tuple(args.basic_auth) if args.basic_auth else None
-    if basic_auth is None and os.environ.get("LABEL_ANYTHING_BASIC_AUTH"):
-        basic_auth = _basic_auth(os.environ["LABEL_ANYTHING_BASIC_AUTH"])
     outputs = OutputOptions(
         mask=args.out_mask,
         bbox=args.out_bbox,
@@ -659,8 +650,12 @@ def build_backend(args: argparse.Namespace) -> Backend:
     shared = shared_level_from_args(args)
     model = load_model_from_args(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    disk_gb = float(args.cache_disk_gb)
     cache = EmbeddingCache(
-        max_memory_bytes=args.embedding_cache_mb * 2**20, disk_dir=cache_dir / "embeddings", shared=shared
+        max_memory_bytes=args.embedding_cache_mb * 2**20,
+        disk_dir=cache_dir / "embeddings" if disk_gb > 0 else None,  # --cache-disk-gb 0: no disk level
+        max_disk_bytes=int(disk_gb * 2**30),
+        shared=shared,
     )
     hosts = allowed_image_hosts(args)
     fetcher = ImageFetcher(
@@ -684,7 +679,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
         "on" if options.basic_auth else "off",
         "".join(f", {h}" for h in hosts),
         f"Redis at {shared.display_url}, " if shared is not None else "",
-        cache.disk_dir or "no disk",
+        f"disk {cache.disk_dir} (at most {disk_gb:g} GiB)" if cache.disk_dir else "no disk",
     )
     return backend
 
@@ -729,13 +724,16 @@ def worker_app() -> Starlette:
 
 
 def _share_cpu_cores(workers: int) -> None:
-    """Give each of ``workers`` processes its share of the cores for PyTorch: N processes each using every
-    core would slow every click. Left alone when the user set OMP_NUM_THREADS."""
+    """Give each of ``workers`` processes its share of the cores: N processes each using every core would
+    slow every click. Set on PyTorch, which the ONNX Runtime decoder follows (``OnnxDecoder``); left alone
+    when the user set OMP_NUM_THREADS."""
     if workers <= 1 or os.environ.get("OMP_NUM_THREADS"):
         return
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    # the cores this process may run on (a container or taskset may allow fewer than the machine has)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // workers))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -756,7 +754,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.workers,
         args.host,
         args.port,
-        "Redis" if args.cache_url else "the disk cache",
+        "Redis" if args.cache_url else "the disk cache" if args.cache_disk_gb > 0 else "nothing (--cache-disk-gb 0)",
     )
     os.environ[WORKER_OPTIONS_ENV] = _options_to_env(args)
     uvicorn.run(

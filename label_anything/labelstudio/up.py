@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -52,8 +53,8 @@ def default_data_dir() -> Path:
 def add_up_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``label-anything up``."""
     from label_anything.cli import add_model_arguments
+    from label_anything.options import env, port_number
 
-    env = os.environ.get
     p = subparsers.add_parser(
         "up",
         help="start Label Studio + the SAM backend on a folder of images, ready to label (one command)",
@@ -66,9 +67,9 @@ def add_up_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="label scikit-image demo photos (written on first use)")
     p.add_argument("--labels", default=None, metavar="A,B,...",
                    help=f"label names (default: object; with --demo {DEMO_LABELS})")
-    p.add_argument("--port", type=int, default=int(env("LABEL_STUDIO_PORT", "8080")),
+    p.add_argument("--port", type=port_number, default=env("LABEL_STUDIO_PORT", "8080"),
                    help="Label Studio's port [env LABEL_STUDIO_PORT; default: %(default)s]")
-    p.add_argument("--backend-port", type=int, default=int(env("LABEL_ANYTHING_PORT", "8003")),
+    p.add_argument("--backend-port", type=port_number, default=env("LABEL_ANYTHING_PORT", "8003"),
                    help="the backend's port [env LABEL_ANYTHING_PORT; default: %(default)s]")
     p.add_argument("--data-dir", type=Path, default=env("LABEL_ANYTHING_DATA_DIR"),
                    help="Label Studio's database, the login and the logs [env LABEL_ANYTHING_DATA_DIR; "
@@ -98,8 +99,8 @@ class Credentials:
 def load_credentials(data_dir: Path, username: str | None, password: str | None, token: str | None) -> Credentials:
     """Given values win; the rest come from ``credentials.json`` in the data dir, else are generated.
 
-    Saved back (mode 0600) so a rerun logs in with the same user: Label Studio creates the user only
-    once and keeps the first token.
+    Saved back so a rerun logs in with the same user: Label Studio creates the user only once and keeps
+    the first token. The file is readable by its owner only from its first byte (see ``_write_private``).
     """
     path = data_dir / "credentials.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
@@ -109,9 +110,23 @@ def load_credentials(data_dir: Path, username: str | None, password: str | None,
         token=token or saved.get("token") or secrets.token_hex(20),
     )
     data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(creds.__dict__, indent=1))
-    path.chmod(0o600)
+    _write_private(path, json.dumps(creds.__dict__, indent=1))
     return creds
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in a file of mode 0600 from the start: written to a temporary file
+    that ``mkstemp`` creates 0600 whatever the umask, then renamed over ``path``. Writing in place and
+    chmod-ing afterwards leaves the password readable by all in between (and for good when the chmod is
+    never reached), and keeps the mode an older file had."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_demo_images(folder: Path) -> Path:
@@ -156,7 +171,8 @@ def _backend_command(args: argparse.Namespace) -> list[str]:
     """``label-anything serve`` with this Python and the model options given to ``up``."""
     cmd = [sys.executable, "-m", "label_anything", "--log-level", "INFO", "serve",
            "--host", "127.0.0.1", "--port", str(args.backend_port),
-           "--model-name", args.model_name, "--device", args.device, "--out-mask", "--out-bbox",
+           "--model-name", args.model_name, "--device", args.device, "--decoder", args.decoder,
+           "--cache-disk-gb", f"{args.cache_disk_gb:g}", "--out-mask", "--out-bbox",
            "--out-poly" if args.out_poly else "--no-out-poly"]
     for flag, value in (("--sam-config", args.sam_config), ("--checkpoint", args.checkpoint),
                         ("--cache-dir", args.cache_dir)):

@@ -97,12 +97,11 @@ def check_coco(out: Path, tool: str) -> None:
     """One ``cat`` annotation whose RLE mask lies on Chelsea's face."""
     from pycocotools import mask as mask_utils
 
-    (coco_file,) = [p for p in out.rglob("*.json") if "annotations" in json.loads(p.read_text())]
-    coco = json.loads(coco_file.read_text())
+    coco = json.loads((out / "annotations" / "ann.json").read_text())
     (ARTIFACTS / f"browser-{tool}-coco.json").write_text(json.dumps(coco))
     cats = {c["id"]: c["name"] for c in coco["categories"]}
-    # the accepted box region also becomes a box-only annotation (empty segmentation): not a mask
-    (ann,) = [a for a in coco["annotations"] if a["segmentation"]]
+    # masks only: a box-only region (the smart rectangle itself, if kept) would be in boxes.json
+    (ann,) = coco["annotations"]
     assert cats[ann["category_id"]] == "cat"
     segmentation = ann["segmentation"]
     if isinstance(segmentation["counts"], str):

@@ -1,8 +1,9 @@
 """A real Label Studio 1.23.2 export → ``label-anything convert`` → pycocotools.
 
 The annotation is built from the backend's suggestion (brush + box), saved through Label Studio's API,
-exported as JSON, and converted. Label Studio's own COCO export of the same project must agree on the
-boxes; the masks must be exactly the brush masks Label Studio stored.
+exported as JSON, and converted. Label Studio keeps the region ids of the suggestion, which mark the brush
+and the box as one answer, so they convert to one object. Label Studio's own COCO export of the same project
+must agree on the boxes; the masks must be exactly the brush masks Label Studio stored.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from label_anything.labelstudio.results import answer_of
 from label_anything.labelstudio.rle import brush_rle_decode
 
 pytestmark = pytest.mark.integration
@@ -57,13 +59,13 @@ def labelled_project(label_studio, start_backend, original_label_config, chelsea
     result = answer.get("data", answer)["result"]
     assert {r["type"] for r in result} == {"brushlabels", "rectanglelabels"}
     ok(api.post(f"/api/tasks/{cat_task['id']}/annotations", json={"result": result}))
-    return proj, cat_task
+    return proj, cat_task, result
 
 
 def test_real_export_converts_exactly(label_studio, labelled_project, tmp_path):
     from pycocotools.coco import COCO
 
-    proj, cat_task = labelled_project
+    proj, cat_task, suggestion = labelled_project
     api = label_studio.api
     params = {"exportType": "JSON", "download_all_tasks": "true"}  # unlabelled tasks too
     exported = ok(api.get(f"/api/projects/{proj['id']}/export", params=params)).json()
@@ -90,11 +92,15 @@ def test_real_export_converts_exactly(label_studio, labelled_project, tmp_path):
 
     (entry,) = [t for t in exported if t["id"] == cat_task["id"]]
     stored = {r["type"]: r for r in entry["annotations"][0]["result"]}
+    # Label Studio keeps the suggestion's region ids: they say that the brush and the box are one answer.
+    assert {r["id"] for r in stored.values()} == {r["id"] for r in suggestion}
+    assert len({answer_of(r["id"]) for r in stored.values()} - {None}) == 1
     brush = brush_rle_decode(stored["brushlabels"]["value"]["rle"], 300, 451)
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id]))
     # The suggestion's brush and its box are one object: the box is merged into the mask's annotation.
     (mask_ann,) = anns
-    assert "box of a mask region" in proc.stdout
+    assert "1 × box of a smart-click answer that has a mask (one object)" in proc.stdout
+    assert not (out / "annotations" / "boxes.json").exists()
     np.testing.assert_array_equal(coco.annToMask(mask_ann).astype(bool), brush)
     assert mask_ann["area"] == int(brush.sum())
     ys, xs = np.nonzero(brush)

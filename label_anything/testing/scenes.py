@@ -9,6 +9,9 @@ alpha-blended over one pixel, like a real photo's, and the whole picture gets mi
 Everything is drawn from ``numpy.random.default_rng((seed, index))``: the same seed gives the same
 scenes on every machine. Used by ``bench/classical_quality.py`` and ``tests/test_classical.py``.
 
+Importing this module needs only numpy and OpenCV (the prompt and scoring helpers use nothing else);
+the scenes themselves are built from photos bundled with scikit-image, imported when first needed.
+
 Example:
     >>> scene = make_scene(0)
     >>> scene.image.shape, scene.image.dtype, scene.mask.dtype, bool(scene.mask.any())
@@ -23,7 +26,6 @@ from functools import cache
 
 import cv2
 import numpy as np
-from skimage import data
 
 IMAGE_SIZE = (768, 1024)
 """(H, W) of every scene: the photo size the design's timings are quoted for."""
@@ -49,9 +51,22 @@ class Scene:
 # ---------------------------------------------------------------- sources (bundled with scikit-image)
 
 
+def _data():
+    """``skimage.data``, or an ImportError that says how to get it."""
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise ImportError(
+            "label_anything.testing.scenes builds its scenes from scikit-image's bundled photos: "
+            "pip install scikit-image (or label-anything[dev])"
+        ) from exc
+    return data
+
+
 @cache
 def backgrounds() -> dict[str, np.ndarray]:
     """Name → (H, W, 3) uint8 RGB photo at IMAGE_SIZE."""
+    data = _data()
     photos = {
         "astronaut": data.astronaut(),
         "coffee": data.coffee(),
@@ -66,6 +81,7 @@ def backgrounds() -> dict[str, np.ndarray]:
 @cache
 def _texture_photos() -> dict[str, np.ndarray]:
     """Name → (H, W, 3) uint8 RGB photos used to colour objects (each at least 300 px a side)."""
+    data = _data()
     textures = dict(backgrounds())
     textures["ihc"] = data.immunohistochemistry()
     for name in ("brick", "grass", "gravel"):
@@ -80,7 +96,7 @@ def coin_cutouts() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
 
     Otsu threshold of the smoothed picture, holes filled, small and border-touching parts dropped.
     """
-    grey = data.coins()
+    grey = _data().coins()
     smooth = cv2.GaussianBlur(grey, (5, 5), 0)
     _, binary = cv2.threshold(smooth, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
@@ -109,7 +125,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def _horse(rng: np.random.Generator) -> np.ndarray:
-    mask = ~data.horse()  # the bundled silhouette is False on the horse
+    mask = ~_data().horse()  # the bundled silhouette is False on the horse
     return mask[:, ::-1] if rng.random() < 0.5 else mask
 
 
