@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from label_anything.bench import random_checkpoint  # noqa: E402
+from label_anything.benchmark import random_checkpoint  # noqa: E402
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from label_anything.bench import add_bench_parser
+from label_anything.benchmark import add_bench_parser
 
 
 def main(argv: list[str] | None = None) -> int:

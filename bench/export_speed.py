@@ -29,8 +29,8 @@ from label_anything.labelstudio.rle import brush_rle_encode  # noqa: E402
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from label_anything.export.convert import convert
-from label_anything.export.images import ImageLocator
+from label_anything.app.convert.dataset import convert
+from label_anything.app.convert.images import ImageLocator
 t = time.perf_counter()
 r = convert(Path(sys.argv[1]), Path(sys.argv[2]), fmt=sys.argv[3], progress=True,
             locator=ImageLocator(upload_dir=Path(sys.argv[2]) / "none", download=False))

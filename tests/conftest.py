@@ -180,7 +180,7 @@ def backend_client(mobile_sam_model):
     from starlette.testclient import TestClient
 
     from label_anything.engine.cache import EmbeddingCache
-    from label_anything.labelstudio.server import Backend, create_app
+    from label_anything.server.http import Backend, create_app
 
     clients: list[TestClient] = []
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from label_anything import batch
-from label_anything.batch import SCORE_FIELD, boxes_to_masks, partial_path
+from label_anything.app import boxes_to_masks as batch
+from label_anything.app.boxes_to_masks import SCORE_FIELD, boxes_to_masks, partial_path
 from label_anything.engine import Prompt, decode, encode
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -71,7 +71,7 @@ def rle_run(coco_dataset, mobile_sam_model, tmp_path_factory) -> tuple[Path, bat
 
 
 def test_masks_equal_the_interactive_path_and_load_in_pycocotools(coco_dataset, mobile_sam_model, rle_run):
-    from label_anything.images import read_image
+    from label_anything.imaging.decode import read_image
 
     _, images_dir, original = coco_dataset
     out, report = rle_run
@@ -165,7 +165,7 @@ def _record(image_id, index: str = "0", area: int = 5) -> str:
 
 
 def test_progress_of_another_run_is_not_mixed_in(tmp_path):
-    from label_anything.batch import read_progress
+    from label_anything.app.boxes_to_masks import read_progress
 
     path = tmp_path / "o.json.partial.jsonl"
     path.write_text(json.dumps({"fingerprint": {"model": "a"}}) + "\n" + _record(1))
@@ -175,7 +175,7 @@ def test_progress_of_another_run_is_not_mixed_in(tmp_path):
 
 
 def test_progress_reading_skips_damage_and_knows_where_the_last_record_ends(tmp_path):
-    from label_anything.batch import read_progress
+    from label_anything.app.boxes_to_masks import read_progress
 
     header = json.dumps({"fingerprint": {"model": "a"}}) + "\n"
     path = tmp_path / "p.jsonl"
@@ -194,7 +194,7 @@ def test_progress_reading_skips_damage_and_knows_where_the_last_record_ends(tmp_
 def test_cli_boxes_to_masks_then_import_coco(coco_dataset, random_checkpoint, rle_run, tmp_path, capsys):
     from label_studio_sdk.converter.brush import decode_rle
 
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     coco_path, images_dir, _ = coco_dataset
     out = tmp_path / "cli.json"
@@ -239,7 +239,7 @@ def test_cli_boxes_to_masks_then_import_coco(coco_dataset, random_checkpoint, rl
 
 
 def test_image_reference_with_a_url_prefix():
-    from label_anything.labelstudio.import_coco import image_reference
+    from label_anything.app.import_coco import image_reference
 
     assert image_reference("a b.jpg", Path("x"), local_files_root=None, url_prefix="https://h/i/") == "https://h/i/a%20b.jpg"
     assert image_reference("a.jpg", Path("x"), local_files_root=None, url_prefix="s3://bucket/") == "s3://bucket/a.jpg"

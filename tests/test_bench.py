@@ -47,8 +47,8 @@ def quick_bench(tmp_path_factory):
     same code path): (results JSON, printed text, work folder, torch threads it ran with)."""
     import torch
 
-    from label_anything import bench
-    from label_anything.cli import main
+    from label_anything import benchmark as bench
+    from label_anything.cli.parser import main
 
     tmp = tmp_path_factory.mktemp("bench")
     out, work = tmp / "bench.json", tmp / "work"
@@ -147,7 +147,7 @@ def test_timings_keep_their_order(quick_bench):
 
 
 def test_bytes_per_embedding_is_a_real_cached_entrys_size(quick_bench):
-    from label_anything.bench import load_random_model, scene
+    from label_anything.benchmark import load_random_model, scene
     from label_anything.engine import encode
     from label_anything.engine.cache import embedding_from_bytes, embedding_to_bytes, to_storage_dtype
 
@@ -171,7 +171,7 @@ def test_bytes_per_embedding_is_a_real_cached_entrys_size(quick_bench):
 
 
 def test_unknown_bench_model_is_a_clear_error(capsys):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     assert main(["bench", "--models", "sam_vit_q"]) == 2
     assert "unknown bench model 'sam_vit_q'" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def small_dataset(tmp_path):
 
 @pytest.mark.parametrize("command", ["boxes-to-masks", "precompute"])
 def test_auto_without_a_checkpoint_refuses_grabcut(command, small_dataset, tmp_path, capsys, monkeypatch):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     monkeypatch.delenv("LABEL_ANYTHING_MODEL", raising=False)
     coco_path, images = small_dataset
@@ -47,7 +47,7 @@ def test_auto_without_a_checkpoint_refuses_grabcut(command, small_dataset, tmp_p
 
 
 def test_classical_when_asked_for(small_dataset, tmp_path, capsys, monkeypatch):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     monkeypatch.delenv("LABEL_ANYTHING_MODEL", raising=False)
     coco_path, images = small_dataset
@@ -65,7 +65,7 @@ def test_auto_with_a_checkpoint_in_the_cache_is_allowed(small_dataset, tmp_path,
     """``auto`` is refused only when it would pick GrabCut: with MobileSAM's file in the cache it runs."""
     import shutil
 
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
     from label_anything.engine.weights import CHECKPOINTS, checkpoint_dir
 
     monkeypatch.delenv("LABEL_ANYTHING_MODEL", raising=False)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from label_anything.batch import SCORE_FIELD, boxes_to_masks
+from label_anything.app.boxes_to_masks import SCORE_FIELD, boxes_to_masks
 from label_anything.engine import Prompt, decode, encode, load_model
 
 pycocotools_coco = pytest.importorskip("pycocotools.coco")
@@ -26,7 +26,7 @@ BOX = [40.0, 20.0, 200.0, 150.0]  # x, y, w, h: inside both the stored and the d
 @pytest.fixture(scope="module")
 def rotated(chelsea, tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     """(folder, stored pixels, displayed pixels) of ``sideways.jpg``, a JPEG with EXIF orientation 6."""
-    from label_anything.images import read_image
+    from label_anything.imaging.decode import read_image
 
     folder = tmp_path_factory.mktemp("exif")
     exif = Image.Exif()
@@ -45,7 +45,7 @@ def expected_mask(model, pixels: np.ndarray) -> np.ndarray:
 
 
 def test_the_coco_size_decides_which_pixels_the_boxes_are_on(rotated, tmp_path, capsys, caplog):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     folder, stored, displayed = rotated
     images = [
@@ -107,8 +107,8 @@ def test_every_orientation_undoes_to_the_stored_pixels(orientation):
     keep the size, which then means the displayed pixels (what a viewer shows, and Label Studio)."""
     import io
 
-    from label_anything.batch import decode_for_coco
-    from label_anything.images import decode_image
+    from label_anything.app.boxes_to_masks import decode_for_coco
+    from label_anything.imaging.decode import decode_image
 
     stored = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
     exif = Image.Exif()

@@ -123,7 +123,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

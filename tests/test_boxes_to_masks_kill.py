@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from label_anything.batch import boxes_to_masks, partial_path
+from label_anything.app.boxes_to_masks import boxes_to_masks, partial_path
 from label_anything.engine import load_model
 
 IMAGES = 8

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from label_anything import cli
-from label_anything.options import SECRET_WORDS, EnvValue, env, parse_bool
+from label_anything.cli.options import SECRET_WORDS, EnvValue, env, parse_bool
 
 GARBAGE = "x%y"
 
@@ -142,7 +142,7 @@ def _boom(args):
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
 def test_an_internal_error_is_one_line_unless_debug(level, monkeypatch, tmp_path, capsys):
     parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli.parser, "build_parser", lambda: parser)
     _subparsers(parser)["models"].set_defaults(func=_boom)
     code = cli.main(["--log-level", level, "models"])
     err = capsys.readouterr().err

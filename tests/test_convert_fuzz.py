@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from label_anything.cli import main
+from label_anything.cli.parser import main
 from label_anything.labelstudio.rle import brush_rle_encode
 
 pytest.importorskip("pycocotools")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from label_anything.engine import Prompt, decode, encode, load_model
 from label_anything.engine.cache import to_storage_dtype
-from label_anything.images import decode_image
+from label_anything.imaging.decode import decode_image
 
 PACKAGES = {"sam": "segment_anything", "sam_hq": "segment_anything_hq", "mobile_sam": "mobile_sam"}
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from label_anything import cli
-from label_anything.labelstudio import server, up
-from label_anything.labelstudio.server import _serve_options
-from label_anything.options import SECRET_WORDS
+from label_anything.app import up
+from label_anything.server import http as server
+from label_anything.server.http import _serve_options
+from label_anything.cli.options import SECRET_WORDS
 
 SERVE_ENV = [
     ("LABEL_ANYTHING_PORT", "80O3", "not a whole number"),
@@ -159,7 +160,7 @@ def test_credentials_are_remembered_between_runs(tmp_path):
 
 def test_serve_disk_cache_size(tmp_path, monkeypatch):
     """``--cache-disk-gb`` (env LABEL_ANYTHING_CACHE_DISK_GB) bounds the backend's disk cache; 0 turns it off."""
-    from label_anything.labelstudio.server import build_backend
+    from label_anything.server.http import build_backend
 
     base = ["serve", "--model-name", "classical", "--device", "cpu", "--cache-dir", str(tmp_path)]
     monkeypatch.setenv("LABEL_ANYTHING_CACHE_DISK_GB", "1.5")

@@ -24,11 +24,11 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from label_anything.errors import LabelAnythingError
-from label_anything.export.convert import StrictError, convert, split_ids
-from label_anything.export.images import ImageLocator
-from label_anything.export.mmdet import TEMPLATES, render_config
+from label_anything.app.convert.dataset import StrictError, convert, split_ids
+from label_anything.app.convert.images import ImageLocator
+from label_anything.app.convert.mmdet import TEMPLATES, render_config
 from label_anything.labelstudio.rle import brush_rle_encode
-from label_anything.masks import polygons_to_mask
+from label_anything.geometry.masks import polygons_to_mask
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -430,7 +430,7 @@ def test_fetch_from_label_studio(tmp_path: Path, token_kind: str) -> None:
 # -- preview, entry point, streaming -----------------------------------------------------------------------
 def test_preview(tmp_path: Path, imgs: Path) -> None:
     """Masks are tinted where they are, boxes outlined where they are, and the rest of the photo is untouched."""
-    from label_anything.export.preview import class_colour, preview
+    from label_anything.app.convert.preview import class_colour, preview
 
     ring = donut()
     h, w = ring.shape

@@ -17,9 +17,9 @@ from starlette.testclient import TestClient
 
 from label_anything.engine.cache import EmbeddingCache
 from label_anything.labelstudio.context import Click, ContextError, parse_context
-from label_anything.labelstudio.images import ImageFetcher
+from label_anything.imaging.fetch import ImageFetcher
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.labelstudio.server import Backend, ServeOptions, create_app
+from label_anything.server.http import Backend, ServeOptions, create_app
 
 W, H = 32, 24
 

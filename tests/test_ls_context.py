@@ -13,7 +13,7 @@ from label_anything.labelstudio.context import (
     percent_to_pixels,
     pixels_to_percent,
 )
-from label_anything.labelstudio.state import RefineMemory
+from label_anything.app.refine import RefineMemory
 
 W, H = 451, 300
 

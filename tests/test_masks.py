@@ -1,4 +1,4 @@
-"""label_anything.masks: boxes, areas, COCO RLE and polygons against pycocotools' rasterizer."""
+"""label_anything.geometry.masks: boxes, areas, COCO RLE and polygons against pycocotools' rasterizer."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as coco_mask
 
-from label_anything import masks
-from label_anything.masks import (
+from label_anything.geometry import masks
+from label_anything.geometry.masks import (
     PolygonPart,
     coco_rle_to_mask,
     mask_area,

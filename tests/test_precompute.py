@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from label_anything.engine.cache import EmbeddingCache
-from label_anything.precompute import folder_images, precompute
+from label_anything.app.precompute import folder_images, precompute
 
 
 @pytest.fixture()
@@ -23,7 +23,7 @@ def image_folder(tmp_path, chelsea):
 
 
 def test_second_run_encodes_nothing_via_cli(image_folder, tmp_path, random_checkpoint, capsys):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     argv = ["precompute", "--images", str(image_folder), "--model-name", "mobile_sam",
             "--checkpoint", str(random_checkpoint("mobile_sam", "vit_t")), "--device", "cpu",
@@ -68,7 +68,7 @@ def test_next_image_loads_while_this_one_is_encoded():
     import threading
 
     from label_anything.errors import ImageError
-    from label_anything.precompute import loaded_ahead
+    from label_anything.app.precompute import loaded_ahead
 
     second_loading = threading.Event()
     threads: list[str] = []
@@ -173,8 +173,8 @@ def label_studio():
 
 
 def test_project_images_walks_every_page_and_yields_only_image_references(label_studio):
-    from label_anything.labelstudio.images import ImageFetcher
-    from label_anything.precompute import project_images
+    from label_anything.imaging.fetch import ImageFetcher
+    from label_anything.app.precompute import project_images
 
     tasks = [{"id": i, "project": 7, "data": {"image": f"/data/upload/7/{i}.png", "caption": "a cat", "n": 3}}
              for i in range(1, 6)]
@@ -198,8 +198,8 @@ def test_project_images_walks_every_page_and_yields_only_image_references(label_
 @pytest.mark.parametrize("problem", ["refused", "unreachable", "not json", "not a task list"])
 def test_project_images_failures_are_one_line_errors(problem, label_studio, http_stub):
     from label_anything.errors import LabelAnythingError
-    from label_anything.labelstudio.images import ImageFetcher
-    from label_anything.precompute import project_images
+    from label_anything.imaging.fetch import ImageFetcher
+    from label_anything.app.precompute import project_images
 
     ls = label_studio([{"id": 1, "project": 1, "data": {"image": "/data/upload/1/a.png"}}])
     url, key = ls.url, "secret"
@@ -226,7 +226,7 @@ def test_project_images_failures_are_one_line_errors(problem, label_studio, http
 
 def test_precompute_project_reads_images_serve_may_read(label_studio, http_stub, tmp_path, capsys, monkeypatch):
     """``--allow-image-host`` and ``--max-image-pixels`` mean what they mean for ``serve``."""
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     monkeypatch.delenv("LABEL_ANYTHING_ALLOW_IMAGE_HOSTS", raising=False)
     cdn = http_stub()
@@ -278,7 +278,7 @@ def test_a_project_larger_than_the_disk_cache_is_announced(tmp_path, caplog):
 
 
 def test_cli_sizes_the_disk_cache_from_the_option(tmp_path, capsys):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -296,7 +296,7 @@ def test_cli_sizes_the_disk_cache_from_the_option(tmp_path, capsys):
 
 def test_folder_images_obey_max_image_pixels(image_folder, tmp_path, capsys):
     """The limit holds for a folder too: chelsea is 451x300 = 135,300 pixels."""
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     argv = ["precompute", "--images", str(image_folder), "--model-name", "classical", "--cache-dir",
             str(tmp_path / "cache"), "--no-progress"]

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from label_anything.batch import boxes_to_masks, partial_path
-from label_anything.distributed import PoolOptions, worker_layout
+from label_anything.app.boxes_to_masks import boxes_to_masks, partial_path
+from label_anything.app.ray_pool import PoolOptions, worker_layout
 from label_anything.engine.cache import EmbeddingCache, embedding_from_bytes
-from label_anything.precompute import folder_images, precompute
+from label_anything.app.precompute import folder_images, precompute
 
 ray = pytest.importorskip("ray")
 skimage_data = pytest.importorskip("skimage.data")
@@ -220,7 +220,7 @@ def test_precompute_on_ray_fills_the_cache_like_a_local_run(ray_cluster, ray_env
 
 
 def test_unreachable_cluster_is_a_one_line_error(dataset, random_checkpoint, tmp_path, capsys):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     coco_path, images_dir = dataset
     assert main(["boxes-to-masks", str(coco_path), "--images", str(images_dir), "--out", str(tmp_path / "o.json"),
@@ -231,7 +231,7 @@ def test_unreachable_cluster_is_a_one_line_error(dataset, random_checkpoint, tmp
 
 
 def test_missing_ray_is_a_one_line_error(dataset, random_checkpoint, tmp_path, capsys, monkeypatch):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed (import fails)
     _, images_dir = dataset
@@ -303,7 +303,7 @@ class _FlakyRay:
 
 
 def test_ray_client_server_that_fails_to_start_is_tried_again(monkeypatch, caplog):
-    from label_anything import distributed
+    from label_anything.app import ray_pool as distributed
     from label_anything.errors import LabelAnythingError
 
     monkeypatch.setattr(distributed, "_check_reachable", lambda address: None)
@@ -374,7 +374,7 @@ def _double(model, job: dict) -> dict:
 
 
 def test_pool_map_gives_results_matched_to_their_jobs_when_they_finish_out_of_order():
-    from label_anything.distributed import CALLS_PER_WORKER, RayPool
+    from label_anything.app.ray_pool import CALLS_PER_WORKER, RayPool
 
     scripted = _ScriptedRay()
     pool = RayPool(scripted, [scripted.actor("w0"), scripted.actor("w1")], "model-id", ["w0", "w1"])
@@ -400,7 +400,7 @@ def test_pool_map_gives_results_matched_to_their_jobs_when_they_finish_out_of_or
 
 
 def test_pool_map_turns_a_worker_failure_into_one_line():
-    from label_anything.distributed import RayPool
+    from label_anything.app.ray_pool import RayPool
     from label_anything.errors import LabelAnythingError
 
     scripted = _ScriptedRay()

@@ -35,7 +35,7 @@ from label_anything.engine.redis_cache import (
     check_shared_cache_arguments,
 )
 from label_anything.engine.types import Embedding
-from label_anything.labelstudio.project import free_port, spawn, stop_process, wait_http
+from label_anything.labelstudio.client import free_port, spawn, stop_process, wait_http
 
 VENV_BIN = Path(sys.executable).parent
 REDIS_SERVER = shutil.which("redis-server")
@@ -126,7 +126,7 @@ def test_missing_redis_py_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("command", ["serve", "precompute"])
 def test_cli_refuses_a_malformed_url_before_loading_a_model(command, capsys, tmp_path):
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     where = ["--images", str(tmp_path)] if command == "precompute" else []
     argv = [command, *where, "--cache-url", "redis//nowhere", "--model-name", "mobile_sam", "--checkpoint",
@@ -250,8 +250,8 @@ def test_precompute_fills_the_shared_cache(redis_server, tmp_path, chelsea, rand
 
     from PIL import Image
 
-    from label_anything.cli import main
-    from label_anything.images import image_digest, read_image
+    from label_anything.cli.parser import main
+    from label_anything.imaging.decode import image_digest, read_image
 
     folder = tmp_path / "images"
     folder.mkdir()

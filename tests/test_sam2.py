@@ -192,7 +192,7 @@ def test_auto_prefers_sam2_tiny_on_cpu_over_sam_vit_b(tmp_path):
 def test_cli_download_verifies_sam2_checkpoints(http_stub, sam2_checkpoints, tmp_path, monkeypatch, capsys):
     """`label-anything download sam2.1_hiera_tiny --url`: a byte flipped → one-line error, nothing left; the
     right bytes (registry digest matching) → the file where `--model-name sam2` looks, and it loads."""
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     data = sam2_checkpoints("tiny").read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -230,9 +230,9 @@ def test_segment_and_serve_with_sam2_tiny(sam2_checkpoints, chelsea, chelsea_jpe
     from starlette.testclient import TestClient
 
     from label_anything.engine.cache import EmbeddingCache
-    from label_anything.labelstudio.images import ImageFetcher
+    from label_anything.imaging.fetch import ImageFetcher
     from label_anything.labelstudio.rle import brush_rle_decode
-    from label_anything.labelstudio.server import Backend, ServeOptions, create_app
+    from label_anything.server.http import Backend, ServeOptions, create_app
 
     ckpt = sam2_checkpoints("tiny")
     out = tmp_path / "mask.png"
@@ -259,7 +259,7 @@ def test_segment_and_serve_with_sam2_tiny(sam2_checkpoints, chelsea, chelsea_jpe
         answer = client.post("/predict", json=request)
     assert answer.status_code == 200, answer.text
     (region,) = [r for r in answer.json()["results"][0]["result"] if r["type"] == "brushlabels"]
-    from label_anything.images import read_image
+    from label_anything.imaging.decode import read_image
 
     served_image = read_image(chelsea_jpeg)  # the JPEG's pixels, as the backend reads them
     expected = decode(model, encode(model, served_image), Prompt.from_lists([(260, 140)])).best()[0]

@@ -19,10 +19,10 @@ from starlette.testclient import TestClient
 from label_anything.engine import Prompt, decode, encode
 from label_anything.engine.cache import EmbeddingCache
 from label_anything.errors import ImageError
-from label_anything.images import read_image
-from label_anything.labelstudio.images import AccessDeniedError, ImageFetcher, local_file_path
+from label_anything.imaging.decode import read_image
+from label_anything.imaging.fetch import AccessDeniedError, ImageFetcher, local_file_path
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.labelstudio.server import Backend, ServeOptions, create_app
+from label_anything.server.http import Backend, ServeOptions, create_app
 
 H, W = 300, 451
 CONFIG = ""  # the original tool's label config, set from the ``original_label_config`` fixture
@@ -158,7 +158,7 @@ def test_health_setup_versions_webhook(client, mobile_sam_model):
 
 
 def test_click_gives_mask_box_polygons_equal_to_engine(client, task, mobile_sam_model, image, embedding):
-    from label_anything.masks import mask_to_xyxy, polygons_to_mask
+    from label_anything.geometry.masks import mask_to_xyxy, polygons_to_mask
 
     response = predict(client, task, [kp(200, 120), kp(380, 40, positive=False)])
     assert response.status_code == 200, response.text
@@ -620,6 +620,6 @@ def test_exif_rotated_photo_uses_the_orientation_label_studio_shows(client, chel
 def exact_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """What the backend's polygons must be at tolerance 0 and min area 0, caps included."""
     from label_anything.labelstudio.results import MAX_POLYGON_HOLES, MAX_POLYGON_PARTS
-    from label_anything.masks import mask_to_polygons
+    from label_anything.geometry.masks import mask_to_polygons
 
     return mask_to_polygons(mask, tolerance=0, min_area=0, max_parts=MAX_POLYGON_PARTS, max_holes=MAX_POLYGON_HOLES)

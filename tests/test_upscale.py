@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional
 
-from label_anything.engine.upscale import sam_logits_to_masks, upscale_to_mask
+from label_anything.geometry.upscale import sam_logits_to_masks, upscale_to_mask
 
 
 def reference(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -70,7 +70,7 @@ def registry_spec_for(monkeypatch, name: str, data: bytes) -> CheckpointSpec:
 
 def cli_download(name: str, url: str, cache: Path, capsys) -> tuple[int, str, list[str]]:
     """``label-anything download NAME --url URL``: (exit code, stdout, error lines on stderr)."""
-    from label_anything.cli import main
+    from label_anything.cli.parser import main
 
     code = main(["download", name, "--cache-dir", str(cache), "--url", url])
     out, err = capsys.readouterr()

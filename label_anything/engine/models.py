@@ -238,7 +238,7 @@ def _load_into(network, state: dict, choice: ModelChoice) -> None:
 
 def encode(model: SegmentationModel, image: np.ndarray, image_digest: str | None = None) -> Embedding:
     """Run the heavy image encoder once: ``(H, W, 3) uint8 RGB`` → ``Embedding``."""
-    from label_anything.images import image_digest as digest_of
+    from label_anything.imaging.decode import image_digest as digest_of
 
     _check_image(image)
     return model.encode(image, image_digest or digest_of(image))

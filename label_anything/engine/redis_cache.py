@@ -301,7 +301,7 @@ def shared_level_from_args(args: argparse.Namespace) -> RedisLevel | None:
 
 def add_cache_url_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """``--cache-url`` and ``--cache-ttl``, shared by ``serve`` and ``precompute``."""
-    from label_anything.options import env, positive_int
+    from label_anything.cli.options import env, positive_int
 
     parser.add_argument(
         "--cache-url",

@@ -17,7 +17,7 @@ import torch
 
 from label_anything.engine.prompts import Prompt
 from label_anything.engine.types import Embedding, ModelInfo, Segmentation
-from label_anything.engine.upscale import sam_logits_to_masks
+from label_anything.geometry.upscale import sam_logits_to_masks
 
 
 @dataclass(frozen=True)

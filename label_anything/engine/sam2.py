@@ -22,7 +22,7 @@ import torch
 
 from label_anything.engine.prompts import Prompt
 from label_anything.engine.types import Embedding, ModelInfo, Segmentation
-from label_anything.engine.upscale import upscale_to_mask
+from label_anything.geometry.upscale import upscale_to_mask
 from label_anything.errors import LabelAnythingError
 
 SAM2_CONFIGS = ("tiny", "small", "base_plus", "large")

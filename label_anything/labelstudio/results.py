@@ -1,6 +1,6 @@
 """A mask → Label Studio result regions: ``brushlabels`` (RLE), ``rectanglelabels``, ``polygonlabels``.
 
-Geometry comes from ``label_anything.masks`` and the brush encoding from ``labelstudio.rle``; this
+Geometry comes from ``label_anything.geometry.masks`` and the brush encoding from ``labelstudio.rle``; this
 module only chooses controls and writes Label Studio's JSON shapes. Percent values go through
 ``context.pixels_to_percent``, the one conversion the backend uses.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from label_anything import masks
+from label_anything.geometry import masks
 from label_anything.errors import LabelAnythingError
 from label_anything.labelstudio.config import LabelConfig
 from label_anything.labelstudio.context import Click, pixels_to_percent

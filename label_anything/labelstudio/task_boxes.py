@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from label_anything.export.labelstudio_export import Tally, choose_annotations
+from label_anything.labelstudio.tasks import Tally, choose_annotations
 from label_anything.labelstudio.context import Click, ContextError, parse_context
 
 RECTANGLE_TYPE = "rectanglelabels"

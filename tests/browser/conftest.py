@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from label_anything.labelstudio.project import LabelStudioClient, free_port, label_studio_installed
+from label_anything.labelstudio.client import LabelStudioClient, free_port, label_studio_installed
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

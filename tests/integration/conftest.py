@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from label_anything.labelstudio.project import (
+from label_anything.labelstudio.client import (
     LabelStudioClient,
     LabelStudioError,
     free_port,

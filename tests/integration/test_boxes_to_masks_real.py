@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from label_anything.cli import main
+from label_anything.cli.parser import main
 from label_anything.engine import Prompt, decode, encode
 from label_anything.engine.cache import to_storage_dtype
-from label_anything.images import read_image
-from label_anything.masks import mask_to_coco_rle
+from label_anything.imaging.decode import read_image
+from label_anything.geometry.masks import mask_to_coco_rle
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +171,7 @@ def test_precompute_a_project_fills_the_cache_serve_reads(
     """``precompute --project``: every image of a real project's tasks (an upload, fetched from Label Studio
     with the token) is encoded into the disk cache under its pixel digest; a second run encodes nothing."""
     from label_anything.engine.cache import EmbeddingCache, cache_key
-    from label_anything.images import image_digest
+    from label_anything.imaging.decode import image_digest
 
     project = label_studio.client.create_project("precompute me", original_label_config)
     label_studio.client.import_file(project["id"], chelsea_jpeg)

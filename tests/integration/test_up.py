@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from label_anything import cli
-from label_anything.labelstudio import up
-from label_anything.labelstudio.project import LabelStudioClient, free_port, label_studio_installed, port_in_use
+from label_anything.app import up
+from label_anything.labelstudio.client import LabelStudioClient, free_port, label_studio_installed, port_in_use
 
 pytestmark = pytest.mark.integration
 

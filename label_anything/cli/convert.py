@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 from label_anything.errors import LabelAnythingError
-from label_anything.export.convert import FORMATS, convert
-from label_anything.export.images import ImageLocator
-from label_anything.export.mmdet import TEMPLATES
-from label_anything.labelstudio.images import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION, parse_allowed_hosts
-from label_anything.options import non_negative_float
+from label_anything.app.convert.dataset import FORMATS, convert
+from label_anything.app.convert.images import ImageLocator
+from label_anything.app.convert.mmdet import TEMPLATES
+from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION, parse_allowed_hosts
+from label_anything.cli.options import non_negative_float
 
 
 def _class_list(text: str) -> list[str]:
@@ -136,7 +136,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from label_anything.export.preview import preview
+    from label_anything.app.convert.preview import preview
 
     info = preview(args.dataset, args.out)
     missing = f", {info['missing']} images missing" if info["missing"] else ""

@@ -25,8 +25,8 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from label_anything.errors import ImageError, LabelAnythingError
-from label_anything.export.coco import BOXES_FILE, CocoWriter
-from label_anything.export.images import (
+from label_anything.app.convert.coco import BOXES_FILE, CocoWriter
+from label_anything.app.convert.images import (
     UNREADABLE,
     ImageLocator,
     ImageSource,
@@ -34,7 +34,7 @@ from label_anything.export.images import (
     image_size,
     unique_file_name,
 )
-from label_anything.export.labelstudio_export import (
+from label_anything.labelstudio.tasks import (
     Region,
     Tally,
     choose_annotations,
@@ -46,8 +46,8 @@ from label_anything.export.labelstudio_export import (
     parse_regions,
     task_size,
 )
-from label_anything.export.mmdet import write_config
-from label_anything.export.yolo import YoloWriter
+from label_anything.app.convert.mmdet import write_config
+from label_anything.app.convert.yolo import YoloWriter
 
 Format = Literal["coco-rle", "coco-polygon", "yolo-seg"]
 FORMATS: tuple[str, ...] = ("coco-rle", "coco-polygon", "yolo-seg")

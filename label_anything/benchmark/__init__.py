@@ -238,9 +238,9 @@ def serve_backend(model, root: Path, *, cache_bytes: int = 512 * 2**20, prefetch
     import uvicorn
 
     from label_anything.engine.cache import EmbeddingCache
-    from label_anything.labelstudio.images import ImageFetcher
+    from label_anything.imaging.fetch import ImageFetcher
     from label_anything.labelstudio.results import OutputOptions
-    from label_anything.labelstudio.server import Backend, ServeOptions, create_app
+    from label_anything.server.http import Backend, ServeOptions, create_app
 
     outputs = OutputOptions(mask=True, bbox=True, poly=True)
     backend = Backend(
@@ -320,7 +320,7 @@ def bench_decode(
 ) -> dict:
     """In-process warm click at each size: decoder alone (PyTorch vs ONNX Runtime, interleaved), then
     each output step on the synthetic object mask (and polygons on the raw random-weight mask)."""
-    from label_anything import masks
+    from label_anything.geometry import masks
     from label_anything.engine import Prompt, decode, encode
     from label_anything.labelstudio.rle import brush_rle_encode
 
@@ -462,7 +462,7 @@ def bench_precompute(model, folder: Path, count: int) -> dict:
     from PIL import Image
 
     from label_anything.engine.cache import EmbeddingCache
-    from label_anything.precompute import folder_images, precompute
+    from label_anything.app.precompute import folder_images, precompute
 
     shutil.rmtree(folder, ignore_errors=True)  # a kept --workdir must not start with a warm cache
     images = folder / "images"

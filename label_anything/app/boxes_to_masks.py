@@ -50,11 +50,11 @@ import numpy as np
 from label_anything.engine import Prompt, decode, encode
 from label_anything.engine.types import SegmentationModel
 from label_anything.errors import ImageError, LabelAnythingError
-from label_anything.images import decode_image
-from label_anything.masks import mask_area, mask_to_coco_rle, mask_to_polygons, polygons_to_coco, polygons_to_mask
+from label_anything.imaging.decode import decode_image
+from label_anything.geometry.masks import mask_area, mask_to_coco_rle, mask_to_polygons, polygons_to_coco, polygons_to_mask
 
 if TYPE_CHECKING:
-    from label_anything.distributed import RayPool
+    from label_anything.app.ray_pool import RayPool
 
 log = logging.getLogger(__name__)
 
@@ -688,9 +688,9 @@ def _grabcut_refusal(args: argparse.Namespace, command: str) -> str:
 # -- command line ------------------------------------------------------------------------------------
 def add_boxes_to_masks_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything boxes-to-masks`` to the CLI's sub-commands."""
-    from label_anything.cli import add_model_arguments
-    from label_anything.distributed import add_ray_arguments
-    from label_anything.options import finite_float
+    from label_anything.cli.parser import add_model_arguments
+    from label_anything.app.ray_pool import add_ray_arguments
+    from label_anything.cli.options import finite_float
 
     p = subparsers.add_parser(
         "boxes-to-masks",
@@ -715,12 +715,12 @@ def add_boxes_to_masks_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_boxes_to_masks(args: argparse.Namespace) -> int:
-    from label_anything.cli import load_model_from_args
+    from label_anything.cli.parser import load_model_from_args
 
     refuse_grabcut_fallback(args, "boxes-to-masks")
     options = dict(fmt=args.format, min_score=args.min_score, progress=args.progress)
     if args.ray_address:
-        from label_anything.distributed import PoolOptions, model_options, ray_pool
+        from label_anything.app.ray_pool import PoolOptions, model_options, ray_pool
 
         with ray_pool(PoolOptions.from_args(args), model_options(args)) as pool:
             model_id = pool.model_id

@@ -85,7 +85,7 @@ class DiskBudget:
 def folder_images(folder: Path, max_pixels: int | None = None) -> ImageSource:
     """Every image file under ``folder`` (recursively, sorted: a resumed run walks the same order);
     images above ``max_pixels`` fail as they do in ``serve``."""
-    from label_anything.images import DEFAULT_MAX_PIXELS, image_digest, read_image
+    from label_anything.imaging.decode import DEFAULT_MAX_PIXELS, image_digest, read_image
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -255,12 +255,12 @@ MAX_PIXELS_ENV = "LABEL_ANYTHING_MAX_IMAGE_PIXELS"
 
 def add_precompute_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything precompute`` to the CLI's sub-commands."""
-    from label_anything.cli import add_model_arguments
-    from label_anything.distributed import add_ray_arguments
+    from label_anything.cli.parser import add_model_arguments
+    from label_anything.app.ray_pool import add_ray_arguments
     from label_anything.engine.redis_cache import add_cache_url_arguments
-    from label_anything.images import DEFAULT_MAX_PIXELS
-    from label_anything.labelstudio.images import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION
-    from label_anything.options import env, positive_int
+    from label_anything.imaging.decode import DEFAULT_MAX_PIXELS
+    from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION
+    from label_anything.cli.options import env, positive_int
 
     p = subparsers.add_parser(
         "precompute",
@@ -311,8 +311,8 @@ def _disk_cache(args: argparse.Namespace, shared) -> EmbeddingCache:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from label_anything.batch import refuse_classical_model, refuse_grabcut_fallback
-    from label_anything.cli import load_model_from_args
+    from label_anything.app.boxes_to_masks import refuse_classical_model, refuse_grabcut_fallback
+    from label_anything.cli.parser import load_model_from_args
     from label_anything.engine.redis_cache import shared_level_from_args
 
     refuse_grabcut_fallback(args, "precompute")
@@ -324,8 +324,8 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         source: ImageSource = iter(names)
         total: int | None = len(names)
     else:
-        from label_anything.labelstudio.images import ImageFetcher
-        from label_anything.labelstudio.server import allowed_image_hosts
+        from label_anything.imaging.fetch import ImageFetcher
+        from label_anything.server.http import allowed_image_hosts
 
         fetcher = ImageFetcher(args.label_studio_url, args.label_studio_api_key, args.local_files_root,
                                max_pixels=args.max_image_pixels, allowed_hosts=allowed_image_hosts(args))
@@ -334,7 +334,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
             # tasks, not images: a task may name several images, but most name one, and it is only an estimate
             source, total = project_images(args.project, fetcher), project_task_count(args.project, fetcher)
         if args.ray_address:  # with Ray, each worker loads its own model
-            from label_anything.distributed import precompute_on_ray
+            from label_anything.app.ray_pool import precompute_on_ray
 
             report, model_id = precompute_on_ray(args, source, cache, total=total)
         else:

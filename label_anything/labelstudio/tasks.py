@@ -8,7 +8,7 @@ An export is a JSON array of tasks::
 
 Each result of ``brushlabels`` (``value.format == "rle"``), ``polygonlabels`` (points in percent) and
 ``rectanglelabels`` (percent) becomes a ``Region``; everything else is counted by reason in a ``Tally`` so
-that nothing is lost silently. Coordinates become pixel-edge coordinates (see ``label_anything.masks``):
+that nothing is lost silently. Coordinates become pixel-edge coordinates (see ``label_anything.geometry.masks``):
 ``x_px = x% * original_width / 100``.
 
 Exports of many tasks are streamed with ``ijson`` (its C backend parses a 10,000-task export at tens of MB/s
@@ -30,10 +30,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from label_anything.errors import LabelAnythingError
-from label_anything.images import DEFAULT_MAX_PIXELS
+from label_anything.imaging.decode import DEFAULT_MAX_PIXELS
 from label_anything.labelstudio.results import answer_of
 from label_anything.labelstudio.rle import brush_rle_decode
-from label_anything.masks import polygons_to_mask
+from label_anything.geometry.masks import polygons_to_mask
 
 try:  # streaming keeps memory bounded on exports of many thousands of tasks
     import ijson

@@ -28,9 +28,9 @@ import numpy as np
 from label_anything.errors import LabelAnythingError
 from label_anything.labelstudio.config import parse_label_config
 from label_anything.labelstudio.context import pixels_to_percent
-from label_anything.labelstudio.project import LabelStudioClient
+from label_anything.labelstudio.client import LabelStudioClient
 from label_anything.labelstudio.rle import brush_rle_encode
-from label_anything.masks import coco_rle_to_mask, polygons_to_mask
+from label_anything.geometry.masks import coco_rle_to_mask, polygons_to_mask
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 
@@ -234,7 +234,7 @@ def _region_count(tasks: list[dict]) -> int:
 # -- command line ------------------------------------------------------------------------------------
 def add_import_coco_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything import-coco`` to the CLI's sub-commands."""
-    from label_anything.options import env
+    from label_anything.cli.options import env
 
     p = subparsers.add_parser(
         "import-coco",

@@ -28,7 +28,7 @@ from label_anything.errors import LabelAnythingError
 if TYPE_CHECKING:
     from label_anything.engine.cache import EmbeddingCache
     from label_anything.engine.types import SegmentationModel
-    from label_anything.precompute import ImageSource, PrecomputeReport
+    from label_anything.app.precompute import ImageSource, PrecomputeReport
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ _MODEL_OPTIONS = ("model_name", "sam_config", "checkpoint", "device", "decoder",
 # -- command line ------------------------------------------------------------------------------------
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """``--ray-address`` and the pool options, shared by ``boxes-to-masks`` and ``precompute``."""
-    from label_anything.options import env, non_negative_float, positive_int
+    from label_anything.cli.options import env, non_negative_float, positive_int
 
     g = parser.add_argument_group(
         "Ray cluster",
@@ -130,7 +130,7 @@ class ModelWorker:
     def __init__(self, options: dict[str, Any], threads: int) -> None:
         import torch
 
-        from label_anything.cli import load_model_from_args
+        from label_anything.cli.parser import load_model_from_args
 
         # One worker's share of the node: without this every worker would spread over all the node's cores.
         torch.set_num_threads(threads)
@@ -345,7 +345,7 @@ def precompute_on_pool(
     from tqdm import tqdm
 
     from label_anything.engine.cache import cache_key, embedding_from_bytes
-    from label_anything.precompute import DiskBudget, PrecomputeReport
+    from label_anything.app.precompute import DiskBudget, PrecomputeReport
 
     report = PrecomputeReport()
     budget = DiskBudget.of(cache, total)
@@ -388,7 +388,7 @@ def precompute_on_ray(
     Returns:
         (the report, the workers' model id).
     """
-    from label_anything.batch import refuse_classical_model
+    from label_anything.app.boxes_to_masks import refuse_classical_model
 
     with ray_pool(PoolOptions.from_args(args), model_options(args)) as pool:
         # each worker resolved `auto` on its own node: the driver's check before the start cannot see theirs

@@ -37,8 +37,8 @@ import httpx
 from PIL import Image, ImageOps
 
 from label_anything.errors import ImageError, LabelAnythingError
-from label_anything.export.labelstudio_export import reference_file_name, reference_relative_path
-from label_anything.labelstudio.images import (
+from label_anything.labelstudio.tasks import reference_file_name, reference_relative_path
+from label_anything.imaging.fetch import (
     ALLOW_HOSTS_OPTION,
     MAX_REDIRECTS,
     LabelStudioAuth,

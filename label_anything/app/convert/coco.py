@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from label_anything.export.atomic import atomic_open
-from label_anything.export.labelstudio_export import Region
-from label_anything.masks import (
+from label_anything.app.atomic import atomic_open
+from label_anything.labelstudio.tasks import Region
+from label_anything.geometry.masks import (
     mask_area,
     mask_to_coco_rle,
     mask_to_polygons,

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from label_anything.errors import LabelAnythingError
-from label_anything.labelstudio.project import (
+from label_anything.labelstudio.client import (
     LabelStudioClient,
     LabelStudioError,
     find_images,
@@ -52,8 +52,8 @@ def default_data_dir() -> Path:
 
 def add_up_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``label-anything up``."""
-    from label_anything.cli import add_model_arguments
-    from label_anything.options import env, port_number
+    from label_anything.cli.parser import add_model_arguments
+    from label_anything.cli.options import env, port_number
 
     p = subparsers.add_parser(
         "up",

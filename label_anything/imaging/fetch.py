@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from label_anything.errors import ImageError
-from label_anything.images import DEFAULT_MAX_PIXELS, decode_image, image_digest
+from label_anything.imaging.decode import DEFAULT_MAX_PIXELS, decode_image, image_digest
 
 log = logging.getLogger(__name__)
 

@@ -222,7 +222,7 @@ class _ApiKeyAuth(httpx.Auth):
     refresh token) exchanged for a short-lived access token, sent as ``Bearer`` (``images.LabelStudioAuth``)."""
 
     def __init__(self, url: str, token: str, timeout: float) -> None:
-        from label_anything.labelstudio.images import LabelStudioAuth
+        from label_anything.imaging.fetch import LabelStudioAuth
 
         self._refresher = httpx.Client(timeout=timeout)
         self._auth = LabelStudioAuth(url, token, self._refresher)

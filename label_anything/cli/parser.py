@@ -13,7 +13,7 @@ from pathlib import Path
 from label_anything import __version__
 from label_anything.engine.models import MODEL_CONFIGS, MODEL_NAMES
 from label_anything.errors import LabelAnythingError
-from label_anything.options import Parser, env, non_negative_float, positive_int, print_error
+from label_anything.cli.options import Parser, env, non_negative_float, positive_int, print_error
 
 __all__ = ["add_model_arguments", "build_parser", "load_model_from_args", "main", "positive_int"]
 
@@ -110,8 +110,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from label_anything.engine import Prompt, decode, encode
-    from label_anything.images import read_image
-    from label_anything.masks import mask_area, mask_to_xyxy
+    from label_anything.imaging.decode import read_image
+    from label_anything.geometry.masks import mask_area, mask_to_xyxy
 
     if args.demo:
         image, args.point, args.box = _demo_image(args)
@@ -235,21 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: ~/.cache/label-anything [env LABEL_ANYTHING_CACHE]")
     ls.set_defaults(func=cmd_models)
 
-    from label_anything.export.commands import add_convert_parser, add_preview_parser
-    from label_anything.labelstudio.server import add_serve_parser
-    from label_anything.labelstudio.up import add_up_parser
+    from label_anything.cli.convert import add_convert_parser, add_preview_parser
+    from label_anything.server.http import add_serve_parser
+    from label_anything.app.up import add_up_parser
 
     add_serve_parser(sub)
     add_up_parser(sub)
     add_convert_parser(sub)
     add_preview_parser(sub)
-    from label_anything.bench import add_bench_parser
-    from label_anything.precompute import add_precompute_parser
+    from label_anything.benchmark import add_bench_parser
+    from label_anything.app.precompute import add_precompute_parser
 
     add_precompute_parser(sub)
     add_bench_parser(sub)
-    from label_anything.batch import add_boxes_to_masks_parser
-    from label_anything.labelstudio.import_coco import add_import_coco_parser
+    from label_anything.app.boxes_to_masks import add_boxes_to_masks_parser
+    from label_anything.app.import_coco import add_import_coco_parser
 
     add_boxes_to_masks_parser(sub)
     add_import_coco_parser(sub)

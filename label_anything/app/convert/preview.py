@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from label_anything.errors import ImageError, LabelAnythingError
-from label_anything.export.coco import BOXES_FILE
-from label_anything.images import read_image
-from label_anything.masks import coco_rle_to_mask, polygons_to_mask
+from label_anything.app.convert.coco import BOXES_FILE
+from label_anything.imaging.decode import read_image
+from label_anything.geometry.masks import coco_rle_to_mask, polygons_to_mask
 
 THUMB = 256
 
@@ -221,7 +221,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise LabelAnythingError(f"cannot encode {path}")
-    from label_anything.export.atomic import atomic_open
+    from label_anything.app.atomic import atomic_open
 
     with atomic_open(path, "wb") as f:
         f.write(buf.tobytes())

@@ -1,1 +1,0 @@
-"""Label Studio export → datasets: COCO (RLE | polygons), YOLO-seg, MMDetection configs, previews."""
