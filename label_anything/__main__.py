@@ -1,3 +1,3 @@
-from label_anything.cli.parser import main
+from label_anything.cli import main
 
 raise SystemExit(main())

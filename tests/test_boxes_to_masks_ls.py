@@ -15,11 +15,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from label_anything.engine import Prompt, decode, encode
+from label_anything.geometry.masks import polygons_to_mask
 from label_anything.imaging.decode import read_image
 from label_anything.imaging.fetch import ImageFetcher
 from label_anything.labelstudio.results import OutputOptions
 from label_anything.server.http import ServeOptions
-from label_anything.geometry.masks import polygons_to_mask
 
 H, W = 300, 451
 CAT_BOX = (120, 20, 400, 290)

@@ -12,9 +12,9 @@ import pytest
 
 from label_anything import cli
 from label_anything.app import up
+from label_anything.cli.options import SECRET_WORDS
 from label_anything.server import http as server
 from label_anything.server.http import _serve_options
-from label_anything.cli.options import SECRET_WORDS
 
 SERVE_ENV = [
     ("LABEL_ANYTHING_PORT", "80O3", "not a whole number"),

@@ -23,12 +23,12 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from label_anything.errors import LabelAnythingError
 from label_anything.app.convert.dataset import StrictError, convert, split_ids
 from label_anything.app.convert.images import ImageLocator
 from label_anything.app.convert.mmdet import TEMPLATES, render_config
-from label_anything.labelstudio.rle import brush_rle_encode
+from label_anything.errors import LabelAnythingError
 from label_anything.geometry.masks import polygons_to_mask
+from label_anything.labelstudio.rle import brush_rle_encode
 
 skdata = pytest.importorskip("skimage.data")
 

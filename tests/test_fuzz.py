@@ -16,8 +16,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from label_anything.engine.cache import EmbeddingCache
-from label_anything.labelstudio.context import Click, ContextError, parse_context
 from label_anything.imaging.fetch import ImageFetcher
+from label_anything.labelstudio.context import Click, ContextError, parse_context
 from label_anything.labelstudio.results import OutputOptions
 from label_anything.server.http import Backend, ServeOptions, create_app
 

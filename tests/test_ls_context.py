@@ -7,13 +7,13 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from label_anything.app.refine import RefineMemory
 from label_anything.labelstudio.context import (
     ContextError,
     parse_context,
     percent_to_pixels,
     pixels_to_percent,
 )
-from label_anything.app.refine import RefineMemory
 
 W, H = 451, 300
 

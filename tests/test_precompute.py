@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from label_anything.engine.cache import EmbeddingCache
 from label_anything.app.precompute import folder_images, precompute
+from label_anything.engine.cache import EmbeddingCache
 
 
 @pytest.fixture()
@@ -67,8 +67,8 @@ def test_unreadable_image_is_reported_not_fatal(tmp_path, mobile_sam_model):
 def test_next_image_loads_while_this_one_is_encoded():
     import threading
 
-    from label_anything.errors import ImageError
     from label_anything.app.precompute import loaded_ahead
+    from label_anything.errors import ImageError
 
     second_loading = threading.Event()
     threads: list[str] = []
@@ -173,8 +173,8 @@ def label_studio():
 
 
 def test_project_images_walks_every_page_and_yields_only_image_references(label_studio):
-    from label_anything.imaging.fetch import ImageFetcher
     from label_anything.app.precompute import project_images
+    from label_anything.imaging.fetch import ImageFetcher
 
     tasks = [{"id": i, "project": 7, "data": {"image": f"/data/upload/7/{i}.png", "caption": "a cat", "n": 3}}
              for i in range(1, 6)]
@@ -197,9 +197,9 @@ def test_project_images_walks_every_page_and_yields_only_image_references(label_
 
 @pytest.mark.parametrize("problem", ["refused", "unreachable", "not json", "not a task list"])
 def test_project_images_failures_are_one_line_errors(problem, label_studio, http_stub):
+    from label_anything.app.precompute import project_images
     from label_anything.errors import LabelAnythingError
     from label_anything.imaging.fetch import ImageFetcher
-    from label_anything.app.precompute import project_images
 
     ls = label_studio([{"id": 1, "project": 1, "data": {"image": "/data/upload/1/a.png"}}])
     url, key = ls.url, "secret"

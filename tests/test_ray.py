@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from label_anything.app.boxes_to_masks import boxes_to_masks, partial_path
+from label_anything.app.precompute import folder_images, precompute
 from label_anything.app.ray_pool import PoolOptions, worker_layout
 from label_anything.engine.cache import EmbeddingCache, embedding_from_bytes
-from label_anything.app.precompute import folder_images, precompute
 
 ray = pytest.importorskip("ray")
 skimage_data = pytest.importorskip("skimage.data")

@@ -50,8 +50,14 @@ import numpy as np
 from label_anything.engine import Prompt, decode, encode
 from label_anything.engine.types import SegmentationModel
 from label_anything.errors import ImageError, LabelAnythingError
+from label_anything.geometry.masks import (
+    mask_area,
+    mask_to_coco_rle,
+    mask_to_polygons,
+    polygons_to_coco,
+    polygons_to_mask,
+)
 from label_anything.imaging.decode import decode_image
-from label_anything.geometry.masks import mask_area, mask_to_coco_rle, mask_to_polygons, polygons_to_coco, polygons_to_mask
 
 if TYPE_CHECKING:
     from label_anything.app.ray_pool import RayPool
@@ -688,9 +694,7 @@ def _grabcut_refusal(args: argparse.Namespace, command: str) -> str:
 # -- command line ------------------------------------------------------------------------------------
 def add_boxes_to_masks_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything boxes-to-masks`` to the CLI's sub-commands."""
-    from label_anything.cli.parser import add_model_arguments
-    from label_anything.app.ray_pool import add_ray_arguments
-    from label_anything.cli.options import finite_float
+    from label_anything.cli.options import add_model_arguments, add_ray_arguments, finite_float
 
     p = subparsers.add_parser(
         "boxes-to-masks",
@@ -715,7 +719,7 @@ def add_boxes_to_masks_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_boxes_to_masks(args: argparse.Namespace) -> int:
-    from label_anything.cli.parser import load_model_from_args
+    from label_anything.cli.options import load_model_from_args
 
     refuse_grabcut_fallback(args, "boxes-to-masks")
     options = dict(fmt=args.format, min_score=args.min_score, progress=args.progress)

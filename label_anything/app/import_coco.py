@@ -26,11 +26,11 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from label_anything.errors import LabelAnythingError
+from label_anything.geometry.masks import coco_rle_to_mask, polygons_to_mask
+from label_anything.labelstudio.client import LabelStudioClient
 from label_anything.labelstudio.config import parse_label_config
 from label_anything.labelstudio.context import pixels_to_percent
-from label_anything.labelstudio.client import LabelStudioClient
 from label_anything.labelstudio.rle import brush_rle_encode
-from label_anything.geometry.masks import coco_rle_to_mask, polygons_to_mask
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 

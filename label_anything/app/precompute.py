@@ -255,12 +255,15 @@ MAX_PIXELS_ENV = "LABEL_ANYTHING_MAX_IMAGE_PIXELS"
 
 def add_precompute_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything precompute`` to the CLI's sub-commands."""
-    from label_anything.cli.parser import add_model_arguments
-    from label_anything.app.ray_pool import add_ray_arguments
-    from label_anything.engine.redis_cache import add_cache_url_arguments
+    from label_anything.cli.options import (
+        add_cache_url_arguments,
+        add_model_arguments,
+        add_ray_arguments,
+        env,
+        positive_int,
+    )
     from label_anything.imaging.decode import DEFAULT_MAX_PIXELS
     from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION
-    from label_anything.cli.options import env, positive_int
 
     p = subparsers.add_parser(
         "precompute",
@@ -312,8 +315,7 @@ def _disk_cache(args: argparse.Namespace, shared) -> EmbeddingCache:
 
 def cmd_precompute(args: argparse.Namespace) -> int:
     from label_anything.app.boxes_to_masks import refuse_classical_model, refuse_grabcut_fallback
-    from label_anything.cli.parser import load_model_from_args
-    from label_anything.engine.redis_cache import shared_level_from_args
+    from label_anything.cli.options import load_model_from_args, shared_level_from_args
 
     refuse_grabcut_fallback(args, "precompute")
     shared = shared_level_from_args(args)  # before the model loads: a malformed --cache-url fails at once

@@ -26,9 +26,9 @@ import numpy as np
 from label_anything.errors import LabelAnythingError
 
 if TYPE_CHECKING:
+    from label_anything.app.precompute import ImageSource, PrecomputeReport
     from label_anything.engine.cache import EmbeddingCache
     from label_anything.engine.types import SegmentationModel
-    from label_anything.app.precompute import ImageSource, PrecomputeReport
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +47,6 @@ STARTUP_TIMEOUT_S = 600.0
 _MODEL_OPTIONS = ("model_name", "sam_config", "checkpoint", "device", "decoder", "cache_dir")
 
 
-# -- command line ------------------------------------------------------------------------------------
-def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--ray-address`` and the pool options, shared by ``boxes-to-masks`` and ``precompute``."""
-    from label_anything.cli.options import env, non_negative_float, positive_int
-
-    g = parser.add_argument_group(
-        "Ray cluster",
-        "With --ray-address the images are spread over a pool of Ray workers, each loading the model once; "
-        "without it everything runs in this process. Every node needs label-anything installed and the "
-        "checkpoint readable at the same path (--checkpoint, or the cache directory for the default one).",
-    )
-    g.add_argument("--ray-address", default=env(RAY_ADDRESS_ENV), metavar="ADDRESS",
-                   help="auto (the cluster this machine belongs to), HOST:PORT (a head node), "
-                        f"ray://HOST:10001 (Ray Client) or {LOCAL_CLUSTER} (a Ray instance started for this run) "
-                        f"[env {RAY_ADDRESS_ENV}]")
-    g.add_argument("--ray-workers", type=positive_int, metavar="N",
-                   help="workers (model copies) to start; default: one per GPU of the cluster, else one per "
-                        "--ray-cpus-per-worker CPUs")
-    g.add_argument("--ray-gpus-per-worker", type=non_negative_float, metavar="G",
-                   help="GPUs each worker reserves; fractions share a GPU (default: 1 when the cluster has GPUs, "
-                        "else 0)")
-    g.add_argument("--ray-cpus-per-worker", type=positive_int, metavar="C",
-                   help="CPUs each worker reserves, also its PyTorch threads (default: 1 with GPUs, else up to 4)")
 
 
 @dataclass(frozen=True)
@@ -130,7 +107,7 @@ class ModelWorker:
     def __init__(self, options: dict[str, Any], threads: int) -> None:
         import torch
 
-        from label_anything.cli.parser import load_model_from_args
+        from label_anything.cli.options import load_model_from_args
 
         # One worker's share of the node: without this every worker would spread over all the node's cores.
         torch.set_num_threads(threads)
@@ -344,8 +321,8 @@ def precompute_on_pool(
     (so worker nodes need no access to the cache folder). Images are read here, on the driver."""
     from tqdm import tqdm
 
-    from label_anything.engine.cache import cache_key, embedding_from_bytes
     from label_anything.app.precompute import DiskBudget, PrecomputeReport
+    from label_anything.engine.cache import cache_key, embedding_from_bytes
 
     report = PrecomputeReport()
     budget = DiskBudget.of(cache, total)

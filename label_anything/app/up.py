@@ -52,8 +52,7 @@ def default_data_dir() -> Path:
 
 def add_up_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``label-anything up``."""
-    from label_anything.cli.parser import add_model_arguments
-    from label_anything.cli.options import env, port_number
+    from label_anything.cli.options import add_model_arguments, env, port_number
 
     p = subparsers.add_parser(
         "up",

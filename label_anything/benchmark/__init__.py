@@ -320,8 +320,8 @@ def bench_decode(
 ) -> dict:
     """In-process warm click at each size: decoder alone (PyTorch vs ONNX Runtime, interleaved), then
     each output step on the synthetic object mask (and polygons on the raw random-weight mask)."""
-    from label_anything.geometry import masks
     from label_anything.engine import Prompt, decode, encode
+    from label_anything.geometry import masks
     from label_anything.labelstudio.rle import brush_rle_encode
 
     out: dict[str, Any] = {}
@@ -461,8 +461,8 @@ def bench_precompute(model, folder: Path, count: int) -> dict:
 
     from PIL import Image
 
-    from label_anything.engine.cache import EmbeddingCache
     from label_anything.app.precompute import folder_images, precompute
+    from label_anything.engine.cache import EmbeddingCache
 
     shutil.rmtree(folder, ignore_errors=True)  # a kept --workdir must not start with a warm cache
     images = folder / "images"

@@ -6,12 +6,12 @@ import argparse
 import os
 from pathlib import Path
 
-from label_anything.errors import LabelAnythingError
 from label_anything.app.convert.dataset import FORMATS, convert
 from label_anything.app.convert.images import ImageLocator
 from label_anything.app.convert.mmdet import TEMPLATES
-from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION, parse_allowed_hosts
 from label_anything.cli.options import non_negative_float
+from label_anything.errors import LabelAnythingError
+from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION, parse_allowed_hosts
 
 
 def _class_list(text: str) -> list[str]:

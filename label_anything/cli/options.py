@@ -14,8 +14,19 @@ A bad variable that the chosen command does not read is never looked at.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from label_anything.app.ray_pool import LOCAL_CLUSTER, RAY_ADDRESS_ENV
+from label_anything.engine.models import MODEL_CONFIGS, MODEL_NAMES
+from label_anything.engine.redis_cache import CACHE_TTL_ENV, CACHE_URL_ENV, DEFAULT_TTL_S
+
+if TYPE_CHECKING:
+    from label_anything.engine.redis_cache import RedisLevel
+
+log = logging.getLogger("label_anything")
 
 SECRET_WORDS = ("AUTH", "KEY", "PASSWORD", "TOKEN", "SECRET")
 """A variable whose name holds one of these is never echoed in an error (its value may be a credential)."""
@@ -155,3 +166,127 @@ def _type_name(convert: Any) -> str:
 def print_error(message: str) -> None:
     """One line on stderr, as every command reports a mistake."""
     print(f"label-anything: error: {message}", file=sys.stderr)
+
+
+SAM_CONFIGS = tuple(sorted({config for configs in MODEL_CONFIGS.values() for config in configs}))
+
+
+MODEL_HELP = (
+    "model family: sam, sam_hq, mobile_sam, sam2 (SAM 2.1), classical (no weights: OpenCV GrabCut), or auto "
+    "(a checkpoint found in the cache directory, else classical)"
+)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every model-using command shares (names as in the original label_anything)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model-name", "--model", dest="model_name", type=str.lower, choices=MODEL_NAMES,
+                   default=env("LABEL_ANYTHING_MODEL", "auto"), metavar="NAME",
+                   help=MODEL_HELP + " [env LABEL_ANYTHING_MODEL; default: %(default)s]")
+    g.add_argument("--sam-config", dest="sam_config", type=str.lower,
+                   choices=SAM_CONFIGS, metavar="CONFIG", default=env("LABEL_ANYTHING_SAM_CONFIG"),
+                   help="architecture: vit_b/vit_l/vit_h (sam), also vit_tiny (sam_hq), vit_t (mobile_sam), "
+                        "tiny/small/base_plus/large (sam2); default: vit_b, vit_t for mobile_sam, tiny for sam2 "
+                        "[env LABEL_ANYTHING_SAM_CONFIG]")
+    g.add_argument("--sam-checkpoint-file", "--checkpoint", dest="checkpoint",
+                   default=env("LABEL_ANYTHING_CHECKPOINT"),
+                   help="checkpoint file; default: the official one in the cache directory "
+                        "(see `label-anything download`) [env LABEL_ANYTHING_CHECKPOINT]")
+    g.add_argument("--device", type=_device, default=env("LABEL_ANYTHING_DEVICE", "auto"),
+                   help="auto, cpu, cuda, cuda:N or mps [env LABEL_ANYTHING_DEVICE; default: %(default)s]")
+    g.add_argument("--decoder", type=str.lower, choices=["torch", "onnx", "auto"],
+                   default=env("LABEL_ANYTHING_DECODER", "torch"),
+                   help="mask decoder runtime on CPU: torch, onnx (ONNX Runtime, faster clicks; needs the [onnx] "
+                        "extra) or auto (time both at start-up, keep the faster) [env LABEL_ANYTHING_DECODER; "
+                        "default: %(default)s]")
+    g.add_argument("--cache-dir", type=Path, default=env("LABEL_ANYTHING_CACHE"),
+                   help="where checkpoints and embeddings are kept [env LABEL_ANYTHING_CACHE; "
+                        "default: ~/.cache/label-anything]")
+    g.add_argument("--cache-disk-gb", type=non_negative_float, default=env(CACHE_DISK_ENV, str(DEFAULT_CACHE_DISK_GB)),
+                   metavar="GB",
+                   help="most disk the embedding cache (CACHE_DIR/embeddings) may hold; the least recently used "
+                        "entries go first. A SAM 1 embedding takes 2 MiB, SAM 2.1 8 MiB: give precompute room "
+                        f"for the whole project; 0 = no disk cache [env {CACHE_DISK_ENV}; default: %(default)s]")
+
+
+CACHE_DISK_ENV = "LABEL_ANYTHING_CACHE_DISK_GB"
+
+
+DEFAULT_CACHE_DISK_GB = 4.0
+
+
+def _device(text: str) -> str:
+    """argparse ``type`` for --device: the word is checked here, its existence when the model loads."""
+    word = text.strip().lower()
+    name, _, index = word.partition(":")
+    if word in ("auto", "cpu", "cuda", "mps") or (name == "cuda" and index.isdigit()):
+        return word
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """Load the model the options name; warns when `auto` fell back to the weight-free engine."""
+    from label_anything.engine import load_model
+
+    model = load_model(args.model_name, args.sam_config, args.checkpoint, device=args.device,
+                       cache_dir=args.cache_dir, decoder=getattr(args, "decoder", "torch"))
+    if args.model_name == "auto" and model.info.name == "classical":
+        log.warning("no SAM checkpoint in the cache: using the weight-free classical engine (GrabCut); for "
+                    "real SAM masks run `label-anything download mobile_sam` or pass --model-name and --checkpoint")
+    return model
+
+
+def shared_level_from_args(args: argparse.Namespace) -> RedisLevel | None:
+    """The Redis level ``--cache-url`` / ``--cache-ttl`` ask for, or None; checks Redis once at start."""
+    from label_anything.engine.redis_cache import RedisLevel
+
+    url = getattr(args, "cache_url", None)
+    if not url:
+        return None
+    level = RedisLevel(url, ttl_s=args.cache_ttl)
+    if level.ping():
+        log.info("shared embedding cache: Redis at %s (entries expire after %d s unused)",
+                 level.display_url, level.ttl_s)
+    return level
+
+
+def add_cache_url_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """``--cache-url`` and ``--cache-ttl``, shared by ``serve`` and ``precompute``."""
+    parser.add_argument(
+        "--cache-url",
+        default=env(CACHE_URL_ENV),
+        metavar="redis://HOST:PORT/DB",
+        help="share image embeddings between backend processes and machines through Redis (needs the "
+        "[redis] extra); run Redis with maxmemory and maxmemory-policy allkeys-lru. Without it, processes "
+        f"on one machine still share the disk cache in --cache-dir [env {CACHE_URL_ENV}]",
+    )
+    parser.add_argument(
+        "--cache-ttl",
+        type=positive_int,
+        default=env(CACHE_TTL_ENV, str(DEFAULT_TTL_S)),
+        metavar="SECONDS",
+        help=f"a Redis entry unused this long expires [env {CACHE_TTL_ENV}; default: %(default)s (a week)]",
+    )
+
+
+# -- command line ------------------------------------------------------------------------------------
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ray-address`` and the pool options, shared by ``boxes-to-masks`` and ``precompute``."""
+    g = parser.add_argument_group(
+        "Ray cluster",
+        "With --ray-address the images are spread over a pool of Ray workers, each loading the model once; "
+        "without it everything runs in this process. Every node needs label-anything installed and the "
+        "checkpoint readable at the same path (--checkpoint, or the cache directory for the default one).",
+    )
+    g.add_argument("--ray-address", default=env(RAY_ADDRESS_ENV), metavar="ADDRESS",
+                   help="auto (the cluster this machine belongs to), HOST:PORT (a head node), "
+                        f"ray://HOST:10001 (Ray Client) or {LOCAL_CLUSTER} (a Ray instance started for this run) "
+                        f"[env {RAY_ADDRESS_ENV}]")
+    g.add_argument("--ray-workers", type=positive_int, metavar="N",
+                   help="workers (model copies) to start; default: one per GPU of the cluster, else one per "
+                        "--ray-cpus-per-worker CPUs")
+    g.add_argument("--ray-gpus-per-worker", type=non_negative_float, metavar="G",
+                   help="GPUs each worker reserves; fractions share a GPU (default: 1 when the cluster has GPUs, "
+                        "else 0)")
+    g.add_argument("--ray-cpus-per-worker", type=positive_int, metavar="C",
+                   help="CPUs each worker reserves, also its PyTorch threads (default: 1 with GPUs, else up to 4)")

@@ -11,77 +11,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from label_anything import __version__
-from label_anything.engine.models import MODEL_CONFIGS, MODEL_NAMES
+from label_anything.cli.options import (
+    Parser,
+    add_model_arguments,
+    env,
+    load_model_from_args,
+    positive_int,
+    print_error,
+)
 from label_anything.errors import LabelAnythingError
-from label_anything.cli.options import Parser, env, non_negative_float, positive_int, print_error
 
 __all__ = ["add_model_arguments", "build_parser", "load_model_from_args", "main", "positive_int"]
 
 log = logging.getLogger("label_anything")
 
-SAM_CONFIGS = tuple(sorted({config for configs in MODEL_CONFIGS.values() for config in configs}))
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-MODEL_HELP = (
-    "model family: sam, sam_hq, mobile_sam, sam2 (SAM 2.1), classical (no weights: OpenCV GrabCut), or auto "
-    "(a checkpoint found in the cache directory, else classical)"
-)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every model-using command shares (names as in the original label_anything)."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--model-name", "--model", dest="model_name", type=str.lower, choices=MODEL_NAMES,
-                   default=env("LABEL_ANYTHING_MODEL", "auto"), metavar="NAME",
-                   help=MODEL_HELP + " [env LABEL_ANYTHING_MODEL; default: %(default)s]")
-    g.add_argument("--sam-config", dest="sam_config", type=str.lower,
-                   choices=SAM_CONFIGS, metavar="CONFIG", default=env("LABEL_ANYTHING_SAM_CONFIG"),
-                   help="architecture: vit_b/vit_l/vit_h (sam), also vit_tiny (sam_hq), vit_t (mobile_sam), "
-                        "tiny/small/base_plus/large (sam2); default: vit_b, vit_t for mobile_sam, tiny for sam2 "
-                        "[env LABEL_ANYTHING_SAM_CONFIG]")
-    g.add_argument("--sam-checkpoint-file", "--checkpoint", dest="checkpoint",
-                   default=env("LABEL_ANYTHING_CHECKPOINT"),
-                   help="checkpoint file; default: the official one in the cache directory "
-                        "(see `label-anything download`) [env LABEL_ANYTHING_CHECKPOINT]")
-    g.add_argument("--device", type=_device, default=env("LABEL_ANYTHING_DEVICE", "auto"),
-                   help="auto, cpu, cuda, cuda:N or mps [env LABEL_ANYTHING_DEVICE; default: %(default)s]")
-    g.add_argument("--decoder", type=str.lower, choices=["torch", "onnx", "auto"],
-                   default=env("LABEL_ANYTHING_DECODER", "torch"),
-                   help="mask decoder runtime on CPU: torch, onnx (ONNX Runtime, faster clicks; needs the [onnx] "
-                        "extra) or auto (time both at start-up, keep the faster) [env LABEL_ANYTHING_DECODER; "
-                        "default: %(default)s]")
-    g.add_argument("--cache-dir", type=Path, default=env("LABEL_ANYTHING_CACHE"),
-                   help="where checkpoints and embeddings are kept [env LABEL_ANYTHING_CACHE; "
-                        "default: ~/.cache/label-anything]")
-    g.add_argument("--cache-disk-gb", type=non_negative_float, default=env(CACHE_DISK_ENV, str(DEFAULT_CACHE_DISK_GB)),
-                   metavar="GB",
-                   help="most disk the embedding cache (CACHE_DIR/embeddings) may hold; the least recently used "
-                        "entries go first. A SAM 1 embedding takes 2 MiB, SAM 2.1 8 MiB: give precompute room "
-                        f"for the whole project; 0 = no disk cache [env {CACHE_DISK_ENV}; default: %(default)s]")
 
 
-CACHE_DISK_ENV = "LABEL_ANYTHING_CACHE_DISK_GB"
-DEFAULT_CACHE_DISK_GB = 4.0
 
 
-def _device(text: str) -> str:
-    """argparse ``type`` for --device: the word is checked here, its existence when the model loads."""
-    word = text.strip().lower()
-    name, _, index = word.partition(":")
-    if word in ("auto", "cpu", "cuda", "mps") or (name == "cuda" and index.isdigit()):
-        return word
-    raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
-def load_model_from_args(args: argparse.Namespace):
-    """Load the model the options name; warns when `auto` fell back to the weight-free engine."""
-    from label_anything.engine import load_model
-
-    model = load_model(args.model_name, args.sam_config, args.checkpoint, device=args.device,
-                       cache_dir=args.cache_dir, decoder=getattr(args, "decoder", "torch"))
-    if args.model_name == "auto" and model.info.name == "classical":
-        log.warning("no SAM checkpoint in the cache: using the weight-free classical engine (GrabCut); for "
-                    "real SAM masks run `label-anything download mobile_sam` or pass --model-name and --checkpoint")
-    return model
 
 
 # -- segment -----------------------------------------------------------------------------------------
@@ -110,8 +62,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from label_anything.engine import Prompt, decode, encode
-    from label_anything.imaging.decode import read_image
     from label_anything.geometry.masks import mask_area, mask_to_xyxy
+    from label_anything.imaging.decode import read_image
 
     if args.demo:
         image, args.point, args.box = _demo_image(args)
@@ -235,16 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: ~/.cache/label-anything [env LABEL_ANYTHING_CACHE]")
     ls.set_defaults(func=cmd_models)
 
+    from label_anything.app.up import add_up_parser
     from label_anything.cli.convert import add_convert_parser, add_preview_parser
     from label_anything.server.http import add_serve_parser
-    from label_anything.app.up import add_up_parser
 
     add_serve_parser(sub)
     add_up_parser(sub)
     add_convert_parser(sub)
     add_preview_parser(sub)
-    from label_anything.benchmark import add_bench_parser
     from label_anything.app.precompute import add_precompute_parser
+    from label_anything.benchmark import add_bench_parser
 
     add_precompute_parser(sub)
     add_bench_parser(sub)

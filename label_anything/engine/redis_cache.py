@@ -15,7 +15,6 @@ Two processes missing the same image do not both encode it: the first takes a lo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import threading
@@ -287,35 +286,6 @@ def check_shared_cache_arguments(url: str) -> None:
     _import_redis()
 
 
-def shared_level_from_args(args: argparse.Namespace) -> RedisLevel | None:
-    """The Redis level ``--cache-url`` / ``--cache-ttl`` ask for, or None; checks Redis once at start."""
-    url = getattr(args, "cache_url", None)
-    if not url:
-        return None
-    level = RedisLevel(url, ttl_s=args.cache_ttl)
-    if level.ping():
-        log.info("shared embedding cache: Redis at %s (entries expire after %d s unused)",
-                 level.display_url, level.ttl_s)
-    return level
 
 
-def add_cache_url_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """``--cache-url`` and ``--cache-ttl``, shared by ``serve`` and ``precompute``."""
-    from label_anything.cli.options import env, positive_int
-
-    parser.add_argument(
-        "--cache-url",
-        default=env(CACHE_URL_ENV),
-        metavar="redis://HOST:PORT/DB",
-        help="share image embeddings between backend processes and machines through Redis (needs the "
-        "[redis] extra); run Redis with maxmemory and maxmemory-policy allkeys-lru. Without it, processes "
-        f"on one machine still share the disk cache in --cache-dir [env {CACHE_URL_ENV}]",
-    )
-    parser.add_argument(
-        "--cache-ttl",
-        type=positive_int,
-        default=env(CACHE_TTL_ENV, str(DEFAULT_TTL_S)),
-        metavar="SECONDS",
-        help=f"a Redis entry unused this long expires [env {CACHE_TTL_ENV}; default: %(default)s (a week)]",
-    )
 

@@ -22,8 +22,8 @@ import torch
 
 from label_anything.engine.prompts import Prompt
 from label_anything.engine.types import Embedding, ModelInfo, Segmentation
-from label_anything.geometry.upscale import upscale_to_mask
 from label_anything.errors import LabelAnythingError
+from label_anything.geometry.upscale import upscale_to_mask
 
 SAM2_CONFIGS = ("tiny", "small", "base_plus", "large")
 _SHORT = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}

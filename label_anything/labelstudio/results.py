@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from label_anything.geometry import masks
 from label_anything.errors import LabelAnythingError
+from label_anything.geometry import masks
 from label_anything.labelstudio.config import LabelConfig
 from label_anything.labelstudio.context import Click, pixels_to_percent
 from label_anything.labelstudio.rle import brush_rle_encode

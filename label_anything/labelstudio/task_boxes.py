@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from label_anything.labelstudio.tasks import Tally, choose_annotations
 from label_anything.labelstudio.context import Click, ContextError, parse_context
+from label_anything.labelstudio.tasks import Tally, choose_annotations
 
 RECTANGLE_TYPE = "rectanglelabels"
 

@@ -30,10 +30,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from label_anything.errors import LabelAnythingError
+from label_anything.geometry.masks import polygons_to_mask
 from label_anything.imaging.decode import DEFAULT_MAX_PIXELS
 from label_anything.labelstudio.results import answer_of
 from label_anything.labelstudio.rle import brush_rle_decode
-from label_anything.geometry.masks import polygons_to_mask
 
 try:  # streaming keeps memory bounded on exports of many thousands of tasks
     import ijson

@@ -30,13 +30,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from label_anything import __version__
+from label_anything.app.refine import RefineMemory
 from label_anything.engine import SegmentationModel, decode, encode
 from label_anything.engine.cache import EmbeddingCache, cache_key
 from label_anything.engine.types import Embedding
 from label_anything.errors import ImageError, LabelAnythingError, PromptError
 from label_anything.imaging.decode import DEFAULT_MAX_PIXELS
-from label_anything.labelstudio.config import LabelConfig, LabelConfigError, parse_label_config
-from label_anything.labelstudio.context import ContextError, parse_context
 from label_anything.imaging.fetch import (
     ALLOW_HOSTS_ENV,
     ALLOW_HOSTS_OPTION,
@@ -44,8 +43,9 @@ from label_anything.imaging.fetch import (
     ImageFetcher,
     parse_allowed_hosts,
 )
+from label_anything.labelstudio.config import LabelConfig, LabelConfigError, parse_label_config
+from label_anything.labelstudio.context import ContextError, parse_context
 from label_anything.labelstudio.results import OutputError, OutputOptions, mask_results, output_controls
-from label_anything.app.refine import RefineMemory
 from label_anything.labelstudio.task_boxes import is_rotated, rectangle_click, rectangle_label, task_rectangles
 
 log = logging.getLogger("label_anything.server")
@@ -485,8 +485,7 @@ def allowed_image_hosts(args: argparse.Namespace) -> tuple[str, ...]:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``label-anything serve`` to the CLI's sub-commands."""
-    from label_anything.cli.parser import add_model_arguments
-    from label_anything.cli.options import env, non_negative_float, port_number, positive_int
+    from label_anything.cli.options import add_model_arguments, env, non_negative_float, port_number, positive_int
 
     p = subparsers.add_parser(
         "serve",
@@ -608,7 +607,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         "the CPU cores. They share embeddings through the disk cache in --cache-dir (one machine) or "
         f"through Redis with --cache-url [env {WORKERS_ENV}; default: %(default)s]",
     )
-    from label_anything.engine.redis_cache import add_cache_url_arguments
+    from label_anything.cli.options import add_cache_url_arguments
 
     add_cache_url_arguments(net)
     p.set_defaults(func=cmd_serve)
@@ -642,8 +641,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
 
 def build_backend(args: argparse.Namespace) -> Backend:
     """The backend ``serve``'s options describe: loads the model, opens the caches and the image fetcher."""
-    from label_anything.cli.parser import load_model_from_args
-    from label_anything.engine.redis_cache import shared_level_from_args
+    from label_anything.cli.options import load_model_from_args, shared_level_from_args
     from label_anything.engine.weights import default_cache_dir
 
     options = _serve_options(args)

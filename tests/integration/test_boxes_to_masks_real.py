@@ -15,8 +15,8 @@ from PIL import Image
 from label_anything.cli.parser import main
 from label_anything.engine import Prompt, decode, encode
 from label_anything.engine.cache import to_storage_dtype
-from label_anything.imaging.decode import read_image
 from label_anything.geometry.masks import mask_to_coco_rle
+from label_anything.imaging.decode import read_image
 
 pytestmark = pytest.mark.integration
 

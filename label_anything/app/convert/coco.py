@@ -24,7 +24,6 @@ from typing import Any, Literal
 import numpy as np
 
 from label_anything.app.atomic import atomic_open
-from label_anything.labelstudio.tasks import Region
 from label_anything.geometry.masks import (
     mask_area,
     mask_to_coco_rle,
@@ -33,6 +32,7 @@ from label_anything.geometry.masks import (
     polygons_to_coco,
     xyxy_to_xywh,
 )
+from label_anything.labelstudio.tasks import Region
 
 CocoMode = Literal["rle", "polygon"]
 BOXES_FILE = "boxes.json"

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from label_anything.errors import ImageError, LabelAnythingError
 from label_anything.app.convert.coco import BOXES_FILE, CocoWriter
 from label_anything.app.convert.images import (
     UNREADABLE,
@@ -34,6 +33,9 @@ from label_anything.app.convert.images import (
     image_size,
     unique_file_name,
 )
+from label_anything.app.convert.mmdet import write_config
+from label_anything.app.convert.yolo import YoloWriter
+from label_anything.errors import ImageError, LabelAnythingError
 from label_anything.labelstudio.tasks import (
     Region,
     Tally,
@@ -46,8 +48,6 @@ from label_anything.labelstudio.tasks import (
     parse_regions,
     task_size,
 )
-from label_anything.app.convert.mmdet import write_config
-from label_anything.app.convert.yolo import YoloWriter
 
 Format = Literal["coco-rle", "coco-polygon", "yolo-seg"]
 FORMATS: tuple[str, ...] = ("coco-rle", "coco-polygon", "yolo-seg")

@@ -37,7 +37,6 @@ import httpx
 from PIL import Image, ImageOps
 
 from label_anything.errors import ImageError, LabelAnythingError
-from label_anything.labelstudio.tasks import reference_file_name, reference_relative_path
 from label_anything.imaging.fetch import (
     ALLOW_HOSTS_OPTION,
     MAX_REDIRECTS,
@@ -46,6 +45,7 @@ from label_anything.imaging.fetch import (
     local_file_path,
     parse_allowed_hosts,
 )
+from label_anything.labelstudio.tasks import reference_file_name, reference_relative_path
 
 MAX_DOWNLOAD_BYTES = 256 * 2**20
 NOT_FOUND = "image not found (use --images-root or LABEL_STUDIO_URL)"

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
-from label_anything.errors import LabelAnythingError
 from label_anything.app.atomic import write_text_atomic
+from label_anything.errors import LabelAnythingError
 
 _HEADER = '''# MMDetection 3.x config written by `label-anything convert`.
 # Train:  python tools/train.py ${config_name}      (from an MMDetection checkout)

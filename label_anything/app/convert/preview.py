@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from label_anything.errors import ImageError, LabelAnythingError
 from label_anything.app.convert.coco import BOXES_FILE
-from label_anything.imaging.decode import read_image
+from label_anything.errors import ImageError, LabelAnythingError
 from label_anything.geometry.masks import coco_rle_to_mask, polygons_to_mask
+from label_anything.imaging.decode import read_image
 
 THUMB = 256
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from label_anything.app.atomic import write_text_atomic
-from label_anything.labelstudio.tasks import Region, clip_polygon
 from label_anything.geometry.masks import mask_to_polygons
+from label_anything.labelstudio.tasks import Region, clip_polygon
 
 
 def _join(ring: np.ndarray, other: np.ndarray) -> np.ndarray:
