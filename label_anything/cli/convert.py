@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from label_anything.app.convert.dataset import FORMATS, convert
 from label_anything.app.convert.images import ImageLocator
 from label_anything.app.convert.mmdet import TEMPLATES
-from label_anything.cli.options import non_negative_float
+from label_anything.cli.options import add_image_host_arguments, allowed_image_hosts, non_negative_float
 from label_anything.errors import LabelAnythingError
-from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION, parse_allowed_hosts
 
 
 def _class_list(text: str) -> list[str]:
@@ -75,10 +73,7 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help="do not copy images into OUT/images")
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="never fetch images over http(s), only look on disk")
-    p.add_argument(ALLOW_HOSTS_OPTION, dest="allow_image_hosts", action="append", default=None, metavar="HOST",
-                   help="let image downloads be redirected to HOST (host, host:port or *.domain; repeatable). "
-                        "Without it a redirect may only stay on the URL's own origin or Label Studio's "
-                        f"[env {ALLOW_HOSTS_ENV}, comma separated]")
+    add_image_host_arguments(p, max_pixels=False)
     p.add_argument("--polygon-tolerance", type=non_negative_float, default=1.0, metavar="PX",
                    help="simplification of traced masks, pixels (0 = exact outline) (default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -118,8 +113,7 @@ def _config_labels(path: Path | None) -> tuple[list[str], str | None]:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     labels, config_key = _config_labels(args.label_config)
-    hosts = args.allow_image_hosts if args.allow_image_hosts is not None else [os.environ.get(ALLOW_HOSTS_ENV, "")]
-    locator = ImageLocator(args.images_root, download=args.download, allowed_hosts=parse_allowed_hosts(hosts))
+    locator = ImageLocator(args.images_root, download=args.download, allowed_hosts=allowed_image_hosts(args))
     try:
         result = convert(
             args.export, args.out, fmt=args.fmt, locator=locator, classes=args.classes or (),

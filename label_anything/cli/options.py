@@ -290,3 +290,38 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                         "else 0)")
     g.add_argument("--ray-cpus-per-worker", type=positive_int, metavar="C",
                    help="CPUs each worker reserves, also its PyTorch threads (default: 1 with GPUs, else up to 4)")
+
+
+MAX_PIXELS_ENV = "LABEL_ANYTHING_MAX_IMAGE_PIXELS"
+
+
+def add_image_host_arguments(parser: argparse.ArgumentParser | Any, *, max_pixels: bool = True) -> None:
+    """``--allow-image-host`` (and ``--max-image-pixels``): what ``serve``, ``precompute`` and ``convert`` may
+    fetch. One definition, so that a project ``precompute`` reads is exactly what ``serve`` will read."""
+    from label_anything.imaging.decode import DEFAULT_MAX_PIXELS
+    from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION
+
+    parser.add_argument(
+        ALLOW_HOSTS_OPTION, dest="allow_image_hosts", action="append", default=None, metavar="HOST",
+        help="also fetch image URLs from HOST, and follow redirects to it (host, host:port or *.domain; "
+        "repeatable). Without it only Label Studio's own origin (and a URL's own origin, for redirects) is "
+        f"fetched from [env {ALLOW_HOSTS_ENV}, comma separated]",
+    )
+    if max_pixels:
+        parser.add_argument(
+            "--max-image-pixels", type=positive_int, default=env(MAX_PIXELS_ENV, str(DEFAULT_MAX_PIXELS)),
+            help="refuse images larger than this many pixels, read from the file header before decoding "
+            f"(decompression bombs) [env {MAX_PIXELS_ENV}; default: %(default)s]",
+        )
+
+
+def allowed_image_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """The image host allow-list: ``--allow-image-host`` options, else the environment variable."""
+    import os
+
+    from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, parse_allowed_hosts
+
+    entries = args.allow_image_hosts
+    if entries is None:
+        entries = [os.environ.get(ALLOW_HOSTS_ENV, "")]
+    return parse_allowed_hosts(entries)

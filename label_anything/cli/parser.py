@@ -187,24 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: ~/.cache/label-anything [env LABEL_ANYTHING_CACHE]")
     ls.set_defaults(func=cmd_models)
 
-    from label_anything.app.up import add_up_parser
+    from label_anything.cli.bench import add_bench_parser
+    from label_anything.cli.boxes_to_masks import add_boxes_to_masks_parser
     from label_anything.cli.convert import add_convert_parser, add_preview_parser
-    from label_anything.server.http import add_serve_parser
+    from label_anything.cli.import_coco import add_import_coco_parser
+    from label_anything.cli.precompute import add_precompute_parser
+    from label_anything.cli.serve import add_serve_parser
+    from label_anything.cli.up import add_up_parser
 
-    add_serve_parser(sub)
-    add_up_parser(sub)
-    add_convert_parser(sub)
-    add_preview_parser(sub)
-    from label_anything.app.precompute import add_precompute_parser
-    from label_anything.benchmark import add_bench_parser
-
-    add_precompute_parser(sub)
-    add_bench_parser(sub)
-    from label_anything.app.boxes_to_masks import add_boxes_to_masks_parser
-    from label_anything.app.import_coco import add_import_coco_parser
-
-    add_boxes_to_masks_parser(sub)
-    add_import_coco_parser(sub)
+    for add in (add_serve_parser, add_up_parser, add_convert_parser, add_preview_parser, add_precompute_parser,
+                add_bench_parser, add_boxes_to_masks_parser, add_import_coco_parser):
+        add(sub)
     return parser
 
 
