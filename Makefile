@@ -33,10 +33,12 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check label_anything tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check label_anything tests bench
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check label_anything tests bench
 
 bench: $(STAMP)

@@ -1,8 +1,8 @@
 """Runner for the click-path benchmark: ``python bench/click_path.py [--quick] [--out FILE]``.
 
-The code lives in ``label_anything/bench.py`` so that the installed CLI (``label-anything bench``) can
-import it; this script is the same command for a checkout. Random-weight checkpoints of the real
-architectures are used: timing does not depend on weight values.
+The code lives in ``label_anything/benchmark/`` (its options in ``label_anything/cli/bench.py``) so that the
+installed CLI (``label-anything bench``) can import it; this script is the same command for a checkout.
+Random-weight checkpoints of the real architectures are used: timing does not depend on weight values.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from label_anything.benchmark import add_bench_parser
+from label_anything.cli.bench import add_bench_parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,8 +179,9 @@ def backend_client(mobile_sam_model):
     for bit); every client is closed at teardown."""
     from starlette.testclient import TestClient
 
+    from label_anything.app.interactive import Backend
     from label_anything.engine.cache import EmbeddingCache
-    from label_anything.server.http import Backend, create_app
+    from label_anything.server.http import create_app
 
     clients: list[TestClient] = []
 

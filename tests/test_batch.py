@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from label_anything.app import boxes_to_masks as batch
-from label_anything.app.boxes_to_masks import SCORE_FIELD, boxes_to_masks, partial_path
+from label_anything.app.boxes_to_masks import SCORE_FIELD, boxes_to_masks, image_job, partial_path
 from label_anything.engine import Prompt, decode, encode
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -133,13 +133,13 @@ def test_resume_survives_repeated_interruptions_and_torn_lines(coco_dataset, mob
         raise StopError(image_id)
 
     encoded: list[tuple[int, ...]] = []
-    real_encode = batch.encode
+    real_encode = image_job.encode
 
     def counting_encode(model, image, *args, **kwargs):
         encoded.append(image.shape)
         return real_encode(model, image, *args, **kwargs)
 
-    monkeypatch.setattr(batch, "encode", counting_encode)
+    monkeypatch.setattr(image_job, "encode", counting_encode)
     for run in range(2):  # two interrupted runs, each leaving a torn last line as a kill mid-write does
         with pytest.raises(StopError):
             boxes_to_masks(mobile_sam_model, coco_path, images_dir, out, progress=False, after_image=stop_after_one)
@@ -239,10 +239,10 @@ def test_cli_boxes_to_masks_then_import_coco(coco_dataset, random_checkpoint, rl
 
 
 def test_image_reference_with_a_url_prefix():
-    from label_anything.app.import_coco import image_reference
+    from label_anything.app.import_coco import task_image_url
 
-    assert image_reference("a b.jpg", Path("x"), local_files_root=None, url_prefix="https://h/i/") == "https://h/i/a%20b.jpg"
-    assert image_reference("a.jpg", Path("x"), local_files_root=None, url_prefix="s3://bucket/") == "s3://bucket/a.jpg"
+    assert task_image_url("a b.jpg", Path("x"), local_files_root=None, url_prefix="https://h/i/") == "https://h/i/a%20b.jpg"
+    assert task_image_url("a.jpg", Path("x"), local_files_root=None, url_prefix="s3://bucket/") == "s3://bucket/a.jpg"
 
 
 def test_unreadable_images_and_images_without_a_usable_box(tmp_path):

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from label_anything.app.interactive import ServeOptions
 from label_anything.engine import Prompt, decode, encode
 from label_anything.geometry.masks import polygons_to_mask
 from label_anything.imaging.decode import read_image
 from label_anything.imaging.fetch import ImageFetcher
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.server.http import ServeOptions
 
 H, W = 300, 451
 CAT_BOX = (120, 20, 400, 290)
@@ -235,7 +235,7 @@ def test_malformed_tasks_get_no_prediction_not_an_error(make_client, original_la
 )
 def test_serve_option_and_its_environment_variable(monkeypatch, env, flags, expected):
     from label_anything.cli.parser import build_parser
-    from label_anything.server.http import _serve_options
+    from label_anything.cli.serve import _serve_options
 
     if env is None:
         monkeypatch.delenv("LABEL_ANYTHING_BOXES_TO_MASKS", raising=False)

@@ -12,9 +12,10 @@ import pytest
 
 from label_anything import cli
 from label_anything.app import up
+from label_anything.cli import serve as server
+from label_anything.cli import up as up_command
 from label_anything.cli.options import SECRET_WORDS
-from label_anything.server import http as server
-from label_anything.server.http import _serve_options
+from label_anything.cli.serve import _serve_options
 
 SERVE_ENV = [
     ("LABEL_ANYTHING_PORT", "80O3", "not a whole number"),
@@ -49,7 +50,7 @@ def _never_start(monkeypatch):
         pytest.fail(f"the command ran with {vars(args)}")
 
     monkeypatch.setattr(server, "cmd_serve", started)
-    monkeypatch.setattr(up, "cmd_up", started)
+    monkeypatch.setattr(up_command, "cmd_up", started)
 
 
 def _usage_error(capsys, argv: list[str]) -> str:
@@ -160,7 +161,7 @@ def test_credentials_are_remembered_between_runs(tmp_path):
 
 def test_serve_disk_cache_size(tmp_path, monkeypatch):
     """``--cache-disk-gb`` (env LABEL_ANYTHING_CACHE_DISK_GB) bounds the backend's disk cache; 0 turns it off."""
-    from label_anything.server.http import build_backend
+    from label_anything.cli.serve import build_backend
 
     base = ["serve", "--model-name", "classical", "--device", "cpu", "--cache-dir", str(tmp_path)]
     monkeypatch.setenv("LABEL_ANYTHING_CACHE_DISK_GB", "1.5")

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
+from label_anything.app.interactive import Backend, ServeOptions
 from label_anything.engine.cache import EmbeddingCache
 from label_anything.imaging.fetch import ImageFetcher
 from label_anything.labelstudio.context import Click, ContextError, parse_context
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.server.http import Backend, ServeOptions, create_app
+from label_anything.server.http import create_app
 
 W, H = 32, 24
 

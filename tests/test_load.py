@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from label_anything.app.interactive import Backend, ServeOptions
 from label_anything.engine.cache import EmbeddingCache
 from label_anything.imaging.fetch import ImageFetcher
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.server.http import Backend, ServeOptions, create_app
+from label_anything.server.http import create_app
 
 CLIENTS = 16
 IMAGES = 8

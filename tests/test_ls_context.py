@@ -7,13 +7,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from label_anything.app.interactive import click_prompt
 from label_anything.app.refine import RefineMemory
-from label_anything.labelstudio.context import (
-    ContextError,
-    parse_context,
-    percent_to_pixels,
-    pixels_to_percent,
-)
+from label_anything.geometry.coords import percent_to_pixels, pixels_to_percent
+from label_anything.labelstudio.context import ContextError, parse_context
 
 W, H = 451, 300
 
@@ -64,7 +61,7 @@ def test_points_and_rectangle_make_one_prompt():
     click = parse_context(
         {"result": [rectangle(10, 20, 30, 40), keypoint(25, 40), keypoint(12, 22, positive=False)]}
     )
-    prompt = click.prompt()
+    prompt = click_prompt(click)
     assert prompt.box is not None and len(prompt.points) == 2 and prompt.point_labels.tolist() == [1, 0]
 
 

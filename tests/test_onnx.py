@@ -118,7 +118,7 @@ def test_workers_share_the_cores_with_onnx_runtime(model, monkeypatch):
     """``serve --workers N`` gives each worker cores // N threads: ONNX Runtime's session as well as PyTorch."""
     import torch
 
-    from label_anything.server.http import _share_cpu_cores
+    from label_anything.cli.serve import _share_cpu_cores
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import redis
 
+from label_anything.app.labelstudio_process import free_port, spawn, stop_process, wait_http
 from label_anything.engine.cache import EmbeddingCache, cache_key, embedding_to_bytes
 from label_anything.engine.redis_cache import (
     KEY_PREFIX,
@@ -35,7 +36,6 @@ from label_anything.engine.redis_cache import (
     check_shared_cache_arguments,
 )
 from label_anything.engine.types import Embedding
-from label_anything.labelstudio.client import free_port, spawn, stop_process, wait_http
 
 VENV_BIN = Path(sys.executable).parent
 REDIS_SERVER = shutil.which("redis-server")

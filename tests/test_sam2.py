@@ -229,10 +229,11 @@ def test_segment_and_serve_with_sam2_tiny(sam2_checkpoints, chelsea, chelsea_jpe
 
     from starlette.testclient import TestClient
 
+    from label_anything.app.interactive import Backend, ServeOptions
     from label_anything.engine.cache import EmbeddingCache
     from label_anything.imaging.fetch import ImageFetcher
     from label_anything.labelstudio.rle import brush_rle_decode
-    from label_anything.server.http import Backend, ServeOptions, create_app
+    from label_anything.server.http import create_app
 
     ckpt = sam2_checkpoints("tiny")
     out = tmp_path / "mask.png"

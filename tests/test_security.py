@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from label_anything.app.interactive import ServeOptions
 from label_anything.imaging.fetch import AccessDeniedError, ImageFetcher
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.server.http import ServeOptions
 
 W, H = 64, 48
 
@@ -145,8 +145,8 @@ def test_label_studio_redirects_are_trusted_and_get_no_key(http_stub):
 
 
 def test_allow_list_option_and_environment(monkeypatch):
+    from label_anything.cli.options import allowed_image_hosts
     from label_anything.cli.parser import build_parser
-    from label_anything.server.http import allowed_image_hosts
 
     args = build_parser().parse_args(["serve", "--allow-image-host", "A.com", "--allow-image-host", "b.org:8080"])
     assert allowed_image_hosts(args) == ("a.com", "b.org:8080")

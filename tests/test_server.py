@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from label_anything.app.interactive import Backend, ServeOptions
 from label_anything.engine import Prompt, decode, encode
 from label_anything.engine.cache import EmbeddingCache
 from label_anything.errors import ImageError
 from label_anything.imaging.decode import read_image
 from label_anything.imaging.fetch import AccessDeniedError, ImageFetcher, local_file_path
 from label_anything.labelstudio.results import OutputOptions
-from label_anything.server.http import Backend, ServeOptions, create_app
+from label_anything.server.http import create_app
 
 H, W = 300, 451
 CONFIG = ""  # the original tool's label config, set from the ``original_label_config`` fixture

@@ -13,9 +13,7 @@ with one label per COCO category.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import uuid
 from pathlib import Path
@@ -26,21 +24,21 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from label_anything.errors import LabelAnythingError
+from label_anything.geometry.coords import pixels_to_percent
 from label_anything.geometry.masks import coco_rle_to_mask, polygons_to_mask
 from label_anything.labelstudio.client import LabelStudioClient
 from label_anything.labelstudio.config import parse_label_config
-from label_anything.labelstudio.context import pixels_to_percent
 from label_anything.labelstudio.rle import brush_rle_encode
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 
 
-def image_reference(file_name: str, images_dir: Path, *, local_files_root: Path | None, url_prefix: str) -> str:
+def task_image_url(file_name: str, images_dir: Path, *, local_files_root: Path | None, url_prefix: str) -> str:
     """What Label Studio loads for an image: a local-files URL under ``local_files_root``, else prefix + name.
 
-    >>> image_reference("a b.jpg", Path("/srv/data/imgs"), local_files_root=Path("/srv/data"), url_prefix="")
+    >>> task_image_url("a b.jpg", Path("/srv/data/imgs"), local_files_root=Path("/srv/data"), url_prefix="")
     '/data/local-files/?d=imgs/a%20b.jpg'
-    >>> image_reference("x/1.jpg", Path("."), local_files_root=None, url_prefix="https://cdn.example/set/")
+    >>> task_image_url("x/1.jpg", Path("."), local_files_root=None, url_prefix="https://cdn.example/set/")
     'https://cdn.example/set/x/1.jpg'
     """
     if local_files_root is not None:
@@ -80,7 +78,12 @@ def annotation_regions(
     to_name: str
 ) -> list[dict]:
     """Label Studio result regions of one COCO annotation: its box and, when it has one, its mask (a control
-    of None leaves that kind of region out)."""
+    of None leaves that kind of region out).
+
+    The COCO ``bbox`` ``[x, y, w, h]`` is in pixels of a ``width`` x ``height`` image; the rectangle's value is in
+    percent of that size. The ``segmentation`` (RLE or polygons, pixels) is decoded to a (height, width) bool
+    mask and re-encoded as Label Studio brush RLE.
+    """
     score = ann.get("mask_score", ann.get("score"))
     score = None if score is None else float(score)
     regions = []
@@ -132,7 +135,7 @@ def coco_to_tasks(
                                          brush_control=brush_control, to_name=to_name)
             result.extend(regions)
             scores.extend(r["score"] for r in regions[:1] if "score" in r)
-        ref = image_reference(str(img["file_name"]), images_dir, local_files_root=local_files_root,
+        ref = task_image_url(str(img["file_name"]), images_dir, local_files_root=local_files_root,
                               url_prefix=url_prefix)
         task: dict[str, Any] = {"data": {data_key: ref, "coco_image_id": img["id"]}}
         if result:
@@ -152,6 +155,39 @@ def label_config_for(categories: list[str], *, to_name: str = "image", data_key:
             f"  <RectangleLabels name={quoteattr(box_control)} toName={quoteattr(to_name)}>\n{labels}\n"
             f"  </RectangleLabels>\n  <BrushLabels name={quoteattr(brush_control)} toName={quoteattr(to_name)}>\n"
             f"{labels}\n  </BrushLabels>\n</View>\n")
+
+
+def read_coco_file(path: Path) -> dict[str, Any]:
+    """The parsed COCO file, or a one-line error."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabelAnythingError(f"cannot read COCO file {path}: {exc}") from None
+
+
+def write_tasks(
+    coco: dict[str, Any],
+    images_dir: Path,
+    out: Path,
+    *,
+    local_files_root: Path | None,
+    url_prefix: str,
+    label_config: Path | None = None,
+    data_key: str = "image",
+    to_name: str = "image",
+    box_control: str = "label",
+    brush_control: str = "brush",
+) -> dict[str, Any]:
+    """Write ``coco_to_tasks``' tasks to ``out`` as a Label Studio import JSON (and, with ``label_config``, a
+    label config whose names match them there). Returns a summary for the user."""
+    names = dict(data_key=data_key, to_name=to_name, box_control=box_control, brush_control=brush_control)
+    tasks = coco_to_tasks(coco, images_dir, local_files_root=local_files_root, url_prefix=url_prefix, **names)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(tasks), encoding="utf-8")
+    if label_config:
+        categories = [str(c.get("name", c["id"])) for c in coco.get("categories", [])]
+        label_config.write_text(label_config_for(categories, **names), encoding="utf-8")
+    return {"out": str(out), "tasks": len(tasks), "regions": _region_count(tasks)}
 
 
 # -- into a running Label Studio ----------------------------------------------------------------------
@@ -229,83 +265,3 @@ def import_into_project(
 
 def _region_count(tasks: list[dict]) -> int:
     return sum(len(t.get("predictions", [{}])[0].get("result", [])) for t in tasks)
-
-
-# -- command line ------------------------------------------------------------------------------------
-def add_import_coco_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``label-anything import-coco`` to the CLI's sub-commands."""
-    from label_anything.cli.options import env
-
-    p = subparsers.add_parser(
-        "import-coco",
-        help="bring a COCO file (boxes, masks) into Label Studio as tasks with predictions to review",
-        description="One Label Studio task per COCO image, its boxes (rectanglelabels) and masks (brushlabels) as "
-        "a prediction. --project ID|NAME creates the tasks in a project of a running Label Studio, named after "
-        "that project's own RectangleLabels/BrushLabels controls (found by type and toName). --out writes an "
-        "import JSON instead (or too), for a project whose label config has the control names given here "
-        "(--label-config writes one).",
-    )
-    p.add_argument("coco", type=Path, metavar="COCO.json")
-    p.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder the file_name fields are in")
-    p.add_argument("--out", type=Path, metavar="TASKS.json", help="write the tasks to this file")
-    ls = p.add_argument_group("into a running Label Studio")
-    ls.add_argument("--project", metavar="ID|NAME", help="create the tasks in this project (its id or exact title)")
-    ls.add_argument("--label-studio-url", default=env("LABEL_STUDIO_URL"),
-                    help="Label Studio's URL [env LABEL_STUDIO_URL]")
-    ls.add_argument("--label-studio-api-key", default=env("LABEL_STUDIO_API_KEY"),
-                    help="personal access token (or legacy token) [env LABEL_STUDIO_API_KEY]")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--local-files-root", type=Path, default=env("LOCAL_FILES_DOCUMENT_ROOT"),
-                       help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: images become /data/local-files/?d=<path "
-                            "relative to it>; with --project, a local-files storage of DIR is added to the project "
-                            "when none covers it, so Label Studio serves them (not synced: do not sync it) "
-                            "[env LOCAL_FILES_DOCUMENT_ROOT]")
-    where.add_argument("--url-prefix", default="",
-                       help="else: prefix put before each file_name (e.g. https://host/images/ or s3://bucket/)")
-    p.add_argument("--data-key", default="image",
-                   help="--out: task data key ($image in the config; default: %(default)s)")
-    p.add_argument("--to-name", default="image",
-                   help="name of the Image tag (with --project: when the project has several; default: %(default)s)")
-    p.add_argument("--box-control", default="label", help="--out: RectangleLabels name (default: %(default)s)")
-    p.add_argument("--brush-control", default="brush", help="--out: BrushLabels name (default: %(default)s)")
-    p.add_argument("--label-config", type=Path, metavar="CONFIG.xml", help="--out: also write a matching label config")
-    p.set_defaults(func=cmd_import_coco)
-    return p
-
-
-def cmd_import_coco(args: argparse.Namespace) -> int:
-    if args.out is None and args.project is None:
-        raise LabelAnythingError("say where the tasks go: --project ID|NAME, --out TASKS.json, or both")
-    if args.project is not None and not (args.label_studio_url and args.label_studio_api_key):
-        raise LabelAnythingError(
-            "--project needs Label Studio's URL and an API key: --label-studio-url / LABEL_STUDIO_URL and "
-            "--label-studio-api-key / LABEL_STUDIO_API_KEY"
-        )
-    try:
-        coco = json.loads(Path(args.coco).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LabelAnythingError(f"cannot read COCO file {args.coco}: {exc}") from None
-    summary: dict[str, Any] = {}
-    if args.out is not None:
-        names = dict(data_key=args.data_key, to_name=args.to_name, box_control=args.box_control,
-                     brush_control=args.brush_control)
-        tasks = coco_to_tasks(coco, args.images, local_files_root=args.local_files_root,
-                              url_prefix=args.url_prefix, **names)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(tasks), encoding="utf-8")
-        if args.label_config:
-            categories = [str(c.get("name", c["id"])) for c in coco.get("categories", [])]
-            args.label_config.write_text(label_config_for(categories, **names), encoding="utf-8")
-        summary.update(out=str(args.out), tasks=len(tasks), regions=_region_count(tasks))
-    if args.project is not None:
-        # one INFO line per REST call would bury the summary
-        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
-        client = LabelStudioClient(args.label_studio_url, args.label_studio_api_key)
-        try:
-            summary.update(import_into_project(coco, args.images, client, args.project,
-                                               local_files_root=args.local_files_root, url_prefix=args.url_prefix,
-                                               to_name=args.to_name))
-        finally:
-            client.close()
-    print(json.dumps(summary))
-    return 0

@@ -12,14 +12,12 @@ says so (with the size to give), and the run goes on (the last images stay cache
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,12 +25,17 @@ from label_anything.engine.cache import EmbeddingCache, cache_key
 from label_anything.engine.types import SegmentationModel
 from label_anything.errors import LabelAnythingError
 
+if TYPE_CHECKING:
+    from label_anything.engine.redis_cache import RedisLevel
+    from label_anything.imaging.fetch import ImageFetcher
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 ImageSource = Iterator[tuple[str, Callable[[], tuple[np.ndarray, str]]]]
-"""(name shown to the user, a function that loads the image → (RGB pixels, content digest))."""
+"""(name shown to the user, a function that loads the image → ((H, W, 3) uint8 RGB pixels, EXIF applied, and
+their content digest ``imaging.decode.image_digest``)); loading raises ``LabelAnythingError`` for a bad image."""
 
 
 @dataclass
@@ -100,14 +103,14 @@ def folder_images(folder: Path, max_pixels: int | None = None) -> ImageSource:
         yield str(path.relative_to(folder)), load
 
 
-def project_task_count(project_id: int, fetcher) -> int | None:
+def project_task_count(project_id: int, fetcher: ImageFetcher) -> int | None:
     """How many tasks the project has, as Label Studio's task list says (None when it does not say)."""
     body = _task_page(fetcher, project_id, page=1, page_size=1)
     total = body.get("total") if isinstance(body, dict) else None
     return total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
 
 
-def _task_page(fetcher, project_id: int, page: int, page_size: int) -> Any:
+def _task_page(fetcher: ImageFetcher, project_id: int, page: int, page_size: int) -> Any:
     """The JSON body of one page of ``GET /api/tasks``; None past the last page (Label Studio answers 404)."""
     import httpx
 
@@ -135,7 +138,7 @@ def _task_page(fetcher, project_id: int, page: int, page_size: int) -> Any:
     return body
 
 
-def project_images(project_id: int, fetcher, page_size: int = 100) -> ImageSource:
+def project_images(project_id: int, fetcher: ImageFetcher, page_size: int = 100) -> ImageSource:
     """Every image referenced by the tasks of a Label Studio project (all ``data`` values that are
     image references), fetched the way ``serve`` fetches them (``fetcher``: an ``ImageFetcher`` with
     Label Studio's URL and API key, allowed hosts and pixel limit)."""
@@ -249,61 +252,21 @@ def loaded_ahead(source: ImageSource) -> Iterator[tuple[str, tuple[np.ndarray, s
             raise source_error
 
 
-MAX_PIXELS_ENV = "LABEL_ANYTHING_MAX_IMAGE_PIXELS"
-"""The variable ``serve --max-image-pixels`` reads: ``precompute`` takes the same limit from it."""
+def embedding_disk_cache(cache_dir: Path | None, disk_gb: float | None, shared: RedisLevel | None) -> EmbeddingCache:
+    """The cache ``serve`` reads, for precompute: a small memory level (64 MiB) so that every embedding goes to
+    disk (``<cache_dir>/embeddings``, at most ``disk_gb`` GiB; 0: no disk level) and to ``shared`` (Redis).
 
+    Args:
+        cache_dir: the cache folder (``--cache-dir``); None: ``~/.cache/label-anything``.
+        disk_gb: ``--cache-disk-gb``; None: the cache's default size.
+        shared: the Redis level (``--cache-url``), or None.
 
-def add_precompute_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``label-anything precompute`` to the CLI's sub-commands."""
-    from label_anything.cli.options import (
-        add_cache_url_arguments,
-        add_model_arguments,
-        add_ray_arguments,
-        env,
-        positive_int,
-    )
-    from label_anything.imaging.decode import DEFAULT_MAX_PIXELS
-    from label_anything.imaging.fetch import ALLOW_HOSTS_ENV, ALLOW_HOSTS_OPTION
-
-    p = subparsers.add_parser(
-        "precompute",
-        help="encode the images of a folder or a Label Studio project into the embedding cache",
-        description="Encode every image not yet cached, so clicks in Label Studio skip the encoder. "
-        "Resumable: run it again after an interruption and it continues where it stopped. Warns when the "
-        "images will not all fit the disk cache (--cache-disk-gb). Needs a SAM checkpoint, or --model-name "
-        "classical.",
-    )
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--images", type=Path, metavar="DIR", help="a folder of images (searched recursively)")
-    what.add_argument("--project", type=positive_int, metavar="ID", help="a Label Studio project id")
-    p.add_argument("--label-studio-url", default=env("LABEL_STUDIO_URL"),
-                   help="Label Studio's URL, for --project [env LABEL_STUDIO_URL]")
-    p.add_argument("--label-studio-api-key", default=env("LABEL_STUDIO_API_KEY"),
-                   help="access token, for --project [env LABEL_STUDIO_API_KEY]")
-    p.add_argument("--local-files-root", type=Path, default=env("LOCAL_FILES_DOCUMENT_ROOT"),
-                   help="read /data/local-files/ images from this folder [env LOCAL_FILES_DOCUMENT_ROOT]")
-    # The same allow-list and pixel limit as `serve`: precompute must fetch exactly what serve will fetch.
-    p.add_argument(ALLOW_HOSTS_OPTION, dest="allow_image_hosts", action="append", default=None, metavar="HOST",
-                   help="also fetch task image URLs from HOST (host, host:port or *.domain; repeatable), as serve "
-                        f"does. Without it only Label Studio's own URL is fetched from [env {ALLOW_HOSTS_ENV}, "
-                        "comma separated]")
-    p.add_argument("--max-image-pixels", type=positive_int, default=env(MAX_PIXELS_ENV, str(DEFAULT_MAX_PIXELS)),
-                   help="refuse images larger than this many pixels, read from the file header before decoding, as "
-                        f"serve does [env {MAX_PIXELS_ENV}; default: %(default)s]")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_model_arguments(p)
-    add_ray_arguments(p)
-    add_cache_url_arguments(p.add_argument_group("shared cache"))
-    p.set_defaults(func=cmd_precompute)
-    return p
-
-
-def _disk_cache(args: argparse.Namespace, shared) -> EmbeddingCache:
-    """The cache ``serve`` reads: a small memory level (64 MiB) so that every embedding goes to disk (and Redis)."""
+    Raises:
+        LabelAnythingError: neither a writable disk level nor Redis: precompute would keep nothing.
+    """
     from label_anything.engine.weights import default_cache_dir
 
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    disk_gb = getattr(args, "cache_disk_gb", None)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     sized = {} if disk_gb is None else {"max_disk_bytes": int(float(disk_gb) * 2**30)}
     disk_dir = cache_dir / "embeddings" if disk_gb is None or float(disk_gb) > 0 else None
     cache = EmbeddingCache(max_memory_bytes=64 * 2**20, disk_dir=disk_dir, shared=shared, **sized)
@@ -313,41 +276,10 @@ def _disk_cache(args: argparse.Namespace, shared) -> EmbeddingCache:
     return cache
 
 
-def cmd_precompute(args: argparse.Namespace) -> int:
-    from label_anything.app.boxes_to_masks import refuse_classical_model, refuse_grabcut_fallback
-    from label_anything.cli.options import load_model_from_args, shared_level_from_args
-
-    refuse_grabcut_fallback(args, "precompute")
-    shared = shared_level_from_args(args)  # before the model loads: a malformed --cache-url fails at once
-    cache = _disk_cache(args, shared)
-    fetcher = None
-    if args.images is not None:
-        names = list(folder_images(args.images, args.max_image_pixels))
-        source: ImageSource = iter(names)
-        total: int | None = len(names)
-    else:
-        from label_anything.imaging.fetch import ImageFetcher
-        from label_anything.server.http import allowed_image_hosts
-
-        fetcher = ImageFetcher(args.label_studio_url, args.label_studio_api_key, args.local_files_root,
-                               max_pixels=args.max_image_pixels, allowed_hosts=allowed_image_hosts(args))
-    try:
-        if fetcher is not None:
-            # tasks, not images: a task may name several images, but most name one, and it is only an estimate
-            source, total = project_images(args.project, fetcher), project_task_count(args.project, fetcher)
-        if args.ray_address:  # with Ray, each worker loads its own model
-            from label_anything.app.ray_pool import precompute_on_ray
-
-            report, model_id = precompute_on_ray(args, source, cache, total=total)
-        else:
-            model = load_model_from_args(args)
-            refuse_classical_model(args, "precompute", model.info.name)
-            report = precompute(model, source, cache, progress=args.progress, total=total)
-            model_id = model.info.model_id
-    finally:
-        if fetcher is not None:
-            fetcher.close()
-    print(json.dumps({
+def precompute_summary(report: PrecomputeReport, model_id: str, cache: EmbeddingCache) -> dict[str, Any]:
+    """The one JSON line ``precompute`` prints."""
+    shared = cache.shared
+    return {
         "model": model_id,
         "encoded": report.encoded,
         "already_cached": report.cached,
@@ -357,5 +289,4 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         "disk_cache_gb": round(cache.max_disk_bytes / 2**30, 3) if cache.disk_dir is not None else None,
         "disk_cache_short": report.disk_cache_short,
         "shared_cache": shared.display_url if shared is not None else None,
-    }))
-    return 1 if report.failed and not (report.encoded or report.cached) else 0
+    }

@@ -1,16 +1,15 @@
 """``--ray-address``: run ``boxes-to-masks`` and ``precompute`` on a Ray cluster.
 
-A pool of Ray actors (the *workers*) each load the model once, from the same options the command line
-gives (the checkpoint path must be readable at that path on every node, and label-anything installed
-there). The driver (the machine running the command) reads the inputs, sends each image to a worker as
-one becomes free, and takes the results back in input order, so the files it writes are those a local
-run writes. At most a few images per worker are in flight at a time: memory stays bounded however
-large the dataset. Nothing here imports ``ray`` before ``--ray-address`` asks for it.
+A pool of Ray actors (the *workers*) each load the model once, from the model options the driver was
+given (``ModelOptions.for_worker``: the checkpoint path must be readable at that path on every node, and
+label-anything installed there). The driver (the machine running the command) reads the inputs, sends
+each image to a worker as one becomes free, and takes the results back in input order, so the files it
+writes are those a local run writes. At most a few images per worker are in flight at a time: memory stays
+bounded however large the dataset. Nothing here imports ``ray`` before ``--ray-address`` asks for it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -26,6 +25,7 @@ import numpy as np
 from label_anything.errors import LabelAnythingError
 
 if TYPE_CHECKING:
+    from label_anything.app.model_options import ModelOptions
     from label_anything.app.precompute import ImageSource, PrecomputeReport
     from label_anything.engine.cache import EmbeddingCache
     from label_anything.engine.types import SegmentationModel
@@ -43,11 +43,6 @@ CLIENT_ATTEMPTS = 3
 STARTUP_TIMEOUT_S = 600.0
 """How long the workers may take to start and load the model (a large checkpoint on a network disk)."""
 
-# The options of ``add_model_arguments`` a worker needs to load the same model.
-_MODEL_OPTIONS = ("model_name", "sam_config", "checkpoint", "device", "decoder", "cache_dir")
-
-
-
 
 @dataclass(frozen=True)
 class PoolOptions:
@@ -57,21 +52,6 @@ class PoolOptions:
     workers: int | None = None
     gpus_per_worker: float | None = None
     cpus_per_worker: int | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> PoolOptions:
-        return cls(args.ray_address, args.ray_workers, args.ray_gpus_per_worker, args.ray_cpus_per_worker)
-
-
-def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The model options of the command line as a worker needs them: paths made absolute, since a worker's
-    current folder is not the driver's."""
-    options = {name: getattr(args, name, None) for name in _MODEL_OPTIONS}
-    options["decoder"] = options["decoder"] or "torch"
-    for name in ("checkpoint", "cache_dir"):
-        if options[name] is not None:
-            options[name] = os.path.abspath(os.path.expanduser(str(options[name])))
-    return options
 
 
 def worker_layout(nodes: list[dict[str, float]], options: PoolOptions) -> tuple[int, float, int]:
@@ -98,6 +78,20 @@ def worker_layout(nodes: list[dict[str, float]], options: PoolOptions) -> tuple[
 
 
 # -- the workers -------------------------------------------------------------------------------------
+def load_worker_model(options: dict[str, Any]) -> SegmentationModel:
+    """Load the model ``options`` (``ModelOptions.for_worker()``) name, as the driver's command line would:
+    warns when ``auto`` fell back to the weight-free engine."""
+    from label_anything.engine import load_model
+
+    model = load_model(options["model_name"], options["sam_config"], options["checkpoint"],
+                       device=options["device"], cache_dir=options["cache_dir"],
+                       decoder=options.get("decoder") or "torch")
+    if options["model_name"] == "auto" and model.info.name == "classical":
+        log.warning("no SAM checkpoint in the cache: using the weight-free classical engine (GrabCut); for "
+                    "real SAM masks run `label-anything download mobile_sam` or pass --model-name and --checkpoint")
+    return model
+
+
 class ModelWorker:
     """The body of one Ray actor: loads the model once, then runs ``fn(model, *args)`` for each call.
 
@@ -107,11 +101,9 @@ class ModelWorker:
     def __init__(self, options: dict[str, Any], threads: int) -> None:
         import torch
 
-        from label_anything.cli.options import load_model_from_args
-
         # One worker's share of the node: without this every worker would spread over all the node's cores.
         torch.set_num_threads(threads)
-        self.model = load_model_from_args(argparse.Namespace(**options))
+        self.model = load_worker_model(options)
         self.where = f"{socket.gethostname()}:{os.getpid()}"
 
     def describe(self) -> tuple[str, str]:
@@ -238,7 +230,7 @@ def ray_pool(options: PoolOptions, model: dict[str, Any]) -> Iterator[RayPool]:
 
     Args:
         options: address and pool size.
-        model: ``model_options(args)``.
+        model: the model options, ``ModelOptions.for_worker()``.
 
     Raises:
         LabelAnythingError: Ray missing, cluster unreachable, no worker could load the model, or the workers
@@ -358,16 +350,16 @@ def precompute_on_pool(
 
 
 def precompute_on_ray(
-    args: argparse.Namespace, source: ImageSource, cache: EmbeddingCache, *, total: int | None = None
+    options: PoolOptions, model: ModelOptions, source: ImageSource, cache: EmbeddingCache, *,
+    progress: bool = True, total: int | None = None
 ) -> tuple[PrecomputeReport, str]:
-    """``precompute --ray-address``: start the pool the options describe, encode on it.
+    """``precompute --ray-address``: start the pool ``options`` describe, each worker loading ``model``, encode
+    on it.
 
     Returns:
         (the report, the workers' model id).
     """
-    from label_anything.app.boxes_to_masks import refuse_classical_model
-
-    with ray_pool(PoolOptions.from_args(args), model_options(args)) as pool:
+    with ray_pool(options, model.for_worker()) as pool:
         # each worker resolved `auto` on its own node: the driver's check before the start cannot see theirs
-        refuse_classical_model(args, "precompute", pool.model_id.split("-", 1)[0])
-        return precompute_on_pool(pool, source, cache, progress=args.progress, total=total), pool.model_id
+        model.refuse_classical_model("precompute", pool.model_id.split("-", 1)[0])
+        return precompute_on_pool(pool, source, cache, progress=progress, total=total), pool.model_id

@@ -7,7 +7,6 @@ stays in the foreground until Ctrl+C (or SIGTERM), which stops both servers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -15,7 +14,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -23,12 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from label_anything.errors import LabelAnythingError
-from label_anything.labelstudio.client import (
-    LabelStudioClient,
-    LabelStudioError,
-    find_images,
-    label_config,
+from label_anything.app.atomic import write_text_atomic
+from label_anything.app.labelstudio_process import (
     label_studio_installed,
     port_in_use,
     spawn,
@@ -36,6 +30,8 @@ from label_anything.labelstudio.client import (
     stop_process,
     wait_http,
 )
+from label_anything.errors import LabelAnythingError
+from label_anything.labelstudio.client import LabelStudioClient, LabelStudioError, find_images, label_config
 
 log = logging.getLogger("label_anything.up")
 
@@ -50,41 +46,28 @@ def default_data_dir() -> Path:
     return Path(base) / "label-anything"
 
 
-def add_up_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``label-anything up``."""
-    from label_anything.cli.options import add_model_arguments, env, port_number
+@dataclass(frozen=True, kw_only=True)
+class UpOptions:
+    """What ``up`` was asked for (names as the command line's options; see ``cli.up``)."""
 
-    p = subparsers.add_parser(
-        "up",
-        help="start Label Studio + the SAM backend on a folder of images, ready to label (one command)",
-        description="Start Label Studio and the backend, create (or reuse) a project for the folder with a "
-        "label config for the labels, import the images, connect the backend as interactive, and print "
-        "the URL. Run it again on the same folder to pick up new images. Ctrl+C stops both servers.",
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", type=Path, help="folder of images to label (searched recursively)")
-    src.add_argument("--demo", action="store_true", help="label scikit-image demo photos (written on first use)")
-    p.add_argument("--labels", default=None, metavar="A,B,...",
-                   help=f"label names (default: object; with --demo {DEMO_LABELS})")
-    p.add_argument("--port", type=port_number, default=env("LABEL_STUDIO_PORT", "8080"),
-                   help="Label Studio's port [env LABEL_STUDIO_PORT; default: %(default)s]")
-    p.add_argument("--backend-port", type=port_number, default=env("LABEL_ANYTHING_PORT", "8003"),
-                   help="the backend's port [env LABEL_ANYTHING_PORT; default: %(default)s]")
-    p.add_argument("--data-dir", type=Path, default=env("LABEL_ANYTHING_DATA_DIR"),
-                   help="Label Studio's database, the login and the logs [env LABEL_ANYTHING_DATA_DIR; "
-                        "default: ~/.local/share/label-anything]")
-    p.add_argument("--username", default=env("LABEL_STUDIO_USERNAME"),
-                   help="admin e-mail [env LABEL_STUDIO_USERNAME; default: generated on first run, remembered]")
-    p.add_argument("--password", default=env("LABEL_STUDIO_PASSWORD"),
-                   help="admin password [env LABEL_STUDIO_PASSWORD; default: generated, remembered]")
-    p.add_argument("--user-token", default=env("LABEL_STUDIO_USER_TOKEN"),
-                   help="admin API token (Authorization: Token ...) [env LABEL_STUDIO_USER_TOKEN; default: "
-                        "generated, remembered]")
-    p.add_argument("--out-poly", action=argparse.BooleanOptionalAction, default=False,
-                   help="also suggest polygons (default: mask and box)")
-    add_model_arguments(p)
-    p.set_defaults(func=cmd_up)
-    return p
+    images: Path | None = None  # the folder to label; None with ``demo``
+    demo: bool = False  # label scikit-image's sample photos instead
+    labels: str | None = None  # comma separated; None: "object" (with ``demo``: ``DEMO_LABELS``)
+    port: int = 8080  # Label Studio's
+    backend_port: int = 8003
+    data_dir: Path | None = None  # None: ``default_data_dir()``
+    username: str | None = None  # None: remembered in the data dir, else generated (``load_credentials``)
+    password: str | None = None
+    user_token: str | None = None
+    out_poly: bool = False  # the backend also suggests polygons
+    # the backend's model (``cli.options.add_model_arguments``)
+    model_name: str = "auto"
+    sam_config: str | None = None
+    checkpoint: str | Path | None = None
+    device: str = "auto"
+    decoder: str = "torch"
+    cache_dir: Path | None = None
+    cache_disk_gb: float
 
 
 # -- pieces ------------------------------------------------------------------------------------------
@@ -114,18 +97,11 @@ def load_credentials(data_dir: Path, username: str | None, password: str | None,
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in a file of mode 0600 from the start: written to a temporary file
-    that ``mkstemp`` creates 0600 whatever the umask, then renamed over ``path``. Writing in place and
-    chmod-ing afterwards leaves the password readable by all in between (and for good when the chmod is
-    never reached), and keeps the mode an older file had."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``text`` in a file of mode 0600 from the start: ``write_text_atomic`` writes a
+    temporary file that ``mkstemp`` creates 0600 whatever the umask, then renames it over ``path``. Writing in
+    place and chmod-ing afterwards leaves the password readable by all in between (and for good when the chmod
+    is never reached), and keeps the mode an older file had."""
+    write_text_atomic(path, text)
 
 
 def write_demo_images(folder: Path) -> Path:
@@ -156,25 +132,25 @@ def _remember_project(data_dir: Path, folder: Path, project_id: int) -> None:
     path.write_text(json.dumps(known, indent=1))
 
 
-def _check_ports(args: argparse.Namespace) -> None:
-    if args.port == args.backend_port:
-        raise LabelAnythingError(f"--port and --backend-port are both {args.port}: give them different values")
-    for port, flag in ((args.port, "--port"), (args.backend_port, "--backend-port")):
+def _check_ports(options: UpOptions) -> None:
+    if options.port == options.backend_port:
+        raise LabelAnythingError(f"--port and --backend-port are both {options.port}: give them different values")
+    for port, flag in ((options.port, "--port"), (options.backend_port, "--backend-port")):
         if port_in_use(port):
             raise LabelAnythingError(
                 f"port {port} is in use (another Label Studio or `label-anything up`?): stop it or pass {flag} N"
             )
 
 
-def _backend_command(args: argparse.Namespace) -> list[str]:
+def _backend_command(options: UpOptions) -> list[str]:
     """``label-anything serve`` with this Python and the model options given to ``up``."""
     cmd = [sys.executable, "-m", "label_anything", "--log-level", "INFO", "serve",
-           "--host", "127.0.0.1", "--port", str(args.backend_port),
-           "--model-name", args.model_name, "--device", args.device, "--decoder", args.decoder,
-           "--cache-disk-gb", f"{args.cache_disk_gb:g}", "--out-mask", "--out-bbox",
-           "--out-poly" if args.out_poly else "--no-out-poly"]
-    for flag, value in (("--sam-config", args.sam_config), ("--checkpoint", args.checkpoint),
-                        ("--cache-dir", args.cache_dir)):
+           "--host", "127.0.0.1", "--port", str(options.backend_port),
+           "--model-name", options.model_name, "--device", options.device, "--decoder", options.decoder,
+           "--cache-disk-gb", f"{options.cache_disk_gb:g}", "--out-mask", "--out-bbox",
+           "--out-poly" if options.out_poly else "--no-out-poly"]
+    for flag, value in (("--sam-config", options.sam_config), ("--checkpoint", options.checkpoint),
+                        ("--cache-dir", options.cache_dir)):
         if value:
             cmd += [flag, str(value)]
     return cmd
@@ -194,18 +170,20 @@ class _Stop:
 
 
 # -- the command -------------------------------------------------------------------------------------
-def cmd_up(args: argparse.Namespace) -> int:
+def run_up(options: UpOptions) -> int:
+    """Start both servers, provision the project, wait for Ctrl+C (or SIGTERM, or a server that exits), stop
+    both. Returns the exit code (0); a mistake or a server that fails raises ``LabelAnythingError``."""
     if not label_studio_installed():
         raise LabelAnythingError("Label Studio is not installed: pip install 'label-anything[labelstudio]'")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
-    data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
-    if args.demo:
+    data_dir = (options.data_dir or default_data_dir()).expanduser().resolve()
+    if options.demo:
         # its own parent folder: Label Studio serves everything under the document root
         folder = write_demo_images(data_dir / "demo" / "images")
     else:
-        folder = args.images.expanduser().resolve()
+        folder = options.images.expanduser().resolve()
         if not folder.is_dir():
-            raise LabelAnythingError(f"{args.images} is not a folder: pass --images DIR with your images")
+            raise LabelAnythingError(f"{options.images} is not a folder: pass --images DIR with your images")
     if folder.parent == folder:
         raise LabelAnythingError("the images folder cannot be the file system root: use a sub-folder")
     images = find_images(folder)
@@ -214,10 +192,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"no images in {folder} (looked for {', '.join(('.jpg', '.png', '.webp', '...'))}): "
             "put images there or pass another --images DIR"
         )
-    labels = [s.strip() for s in (args.labels or (DEMO_LABELS if args.demo else "object")).split(",") if s.strip()]
+    given = options.labels or (DEMO_LABELS if options.demo else "object")
+    labels = [s.strip() for s in given.split(",") if s.strip()]
     config = label_config(labels)
-    _check_ports(args)
-    creds = load_credentials(data_dir, args.username, args.password, args.user_token)
+    _check_ports(options)
+    creds = load_credentials(data_dir, options.username, options.password, options.user_token)
 
     stop = _Stop()
     previous = stop.install()
@@ -225,17 +204,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     logs = data_dir / "logs"
     started = time.monotonic()
     try:
-        ls_url = f"http://localhost:{args.port}"
+        ls_url = f"http://localhost:{options.port}"
         # Local files must be *under* the document root, never the root itself: root at the parent.
         ls_log = logs / "label-studio.log"
         print(f"starting Label Studio on {ls_url} (log: {ls_log}) ...", flush=True)
-        ls = start_label_studio(args.port, data_dir / "label-studio", folder.parent, creds.username,
+        ls = start_label_studio(options.port, data_dir / "label-studio", folder.parent, creds.username,
                                 creds.password, creds.token, ls_log)
         procs.append(ls)
-        backend_url = f"http://127.0.0.1:{args.backend_port}"
+        backend_url = f"http://127.0.0.1:{options.backend_port}"
         backend_log = logs / "backend.log"
         print(f"starting the backend on {backend_url} (log: {backend_log}) ...", flush=True)
-        backend = spawn(_backend_command(args), backend_log, {
+        backend = spawn(_backend_command(options), backend_log, {
             "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": creds.token,
             "LOCAL_FILES_DOCUMENT_ROOT": str(folder.parent)})
         procs.append(backend)

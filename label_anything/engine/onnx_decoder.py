@@ -12,6 +12,10 @@ with tensor arithmetic instead of in-place boolean indexing, which tracing canno
 Exported graphs are cached on disk under ``<cache>/onnx/<model id>.onnx`` (the model id includes the
 weights digest, so other weights never reuse a graph). SAM-HQ is not covered: its decoder needs the
 precomputed HQ features; it keeps the PyTorch path.
+
+A session is attached to a loaded ``SamModel`` with ``SamModel.attach_onnx_decoder`` (``enable_onnx_decoder``,
+``choose_decoder``: a loading step). The point list both decoders share is ``sam_inputs.sam_point_inputs``,
+so ``sam`` never imports this module: the import goes one way.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from label_anything.engine.sam import SamModel
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +164,7 @@ class OnnxDecoder:
         """(1, 4, 256, 256) low-res logits and (1, 4) IoU of all four mask tokens.
 
         ``coords`` (N, 2) in the 1024 frame and ``labels`` (N,) must already carry box corners
-        (labels 2, 3) or the padding point (label -1), see ``sam_point_inputs``.
+        (labels 2, 3) or the padding point (label -1), see ``sam_inputs.sam_point_inputs``.
         """
         has_mask = mask_input is not None
         feeds = {
@@ -170,25 +176,6 @@ class OnnxDecoder:
         }
         masks, iou = self.session.run(None, feeds)
         return masks, iou
-
-
-def sam_point_inputs(
-    coords: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Points and box (1024 frame) → the decoder graph's point list, in ``PromptEncoder``'s order.
-
-    The official prompt encoder embeds the points, then a padding point only when there is no box,
-    then the box's two corners (labels 2 and 3): the same sequence gives the same sparse embeddings.
-    """
-    pts = [np.zeros((0, 2))] if coords is None else [np.asarray(coords, dtype=np.float64).reshape(-1, 2)]
-    lbl = [np.zeros((0,))] if labels is None else [np.asarray(labels, dtype=np.float64).reshape(-1)]
-    if box is None:
-        pts.append(np.zeros((1, 2)))
-        lbl.append(np.array([-1.0]))
-    else:
-        pts.append(np.asarray(box, dtype=np.float64).reshape(2, 2))
-        lbl.append(np.array([2.0, 3.0]))
-    return np.concatenate(pts), np.concatenate(lbl)
 
 
 def onnx_cache_path(model_id: str, cache_dir: Path | None = None) -> Path:
@@ -203,21 +190,22 @@ def enable_onnx_decoder(model, cache_dir: Path | None = None, threads: int = 0) 
 
     SAM-HQ, non-CPU devices and a missing ``onnxruntime`` keep the PyTorch decoder.
     """
-    from label_anything.engine.sam import SamModel
-
     if not isinstance(model, SamModel) or model.arch.hq or model.device.type != "cpu":
         log.info("ONNX decoder: not for %s on %s; keeping PyTorch", model.info.model_id, model.info.device)
         return False
     if not onnx_available():
         log.info("ONNX decoder: onnxruntime/onnx not installed (pip install 'label-anything[onnx]'); keeping PyTorch")
         return False
-    model.onnx_decoder = OnnxDecoder(model.network, onnx_cache_path(model.info.model_id, cache_dir), threads)
+    model.attach_onnx_decoder(OnnxDecoder(model.network, onnx_cache_path(model.info.model_id, cache_dir), threads))
     return True
 
 
 def disable_onnx_decoder(model) -> None:
     """Back to the PyTorch decoder."""
-    model.onnx_decoder = None
+    if isinstance(model, SamModel):
+        model.attach_onnx_decoder(None)
+    else:  # SAM 2 keeps an always-None ``onnx_decoder`` for symmetry
+        model.onnx_decoder = None
 
 
 def choose_decoder(model, decoder: str = "auto", cache_dir: Path | None = None, trials: int = 5) -> str:
@@ -263,10 +251,10 @@ def compare_decoders(model, trials: int = 5) -> tuple[float, float]:
     times: dict[str, list[float]] = {"torch": [], "onnx": []}
     for i in range(trials + 1):
         for name, dec in (("torch", None), ("onnx", onnx)):
-            model.onnx_decoder = dec
+            model.attach_onnx_decoder(dec)
             t0 = time.perf_counter()
             model.decode(embedding, prompt)
             if i:  # the first round warms both up
                 times[name].append(time.perf_counter() - t0)
-    model.onnx_decoder = onnx
+    model.attach_onnx_decoder(onnx)
     return float(np.median(times["torch"]) * 1e3), float(np.median(times["onnx"]) * 1e3)

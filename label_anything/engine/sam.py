@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from label_anything.engine.prompts import Prompt
+from label_anything.engine.sam_inputs import LowResDecoder, sam_point_inputs
 from label_anything.engine.types import Embedding, ModelInfo, Segmentation
 from label_anything.geometry.upscale import sam_logits_to_masks
 
@@ -63,9 +64,16 @@ class SamModel:
     """A SAM-family network, read-only after construction; safe to share between threads.
 
     Build it with ``label_anything.engine.models.load_model``; this class only runs it.
+
+    Decoder runtime: PyTorch, or an ONNX Runtime session (``onnx_decoder.OnnxDecoder``) given as
+    ``onnx_decoder`` here or attached with ``attach_onnx_decoder`` while the model is loaded
+    (``onnx_decoder.enable_onnx_decoder`` / ``choose_decoder``, which ``load_model`` runs), before the model
+    is shared. Only side-by-side timings (``choose_decoder``'s "auto", the benchmark) switch it later.
     """
 
-    def __init__(self, network: torch.nn.Module, arch: Architecture, info: ModelInfo) -> None:
+    def __init__(
+        self, network: torch.nn.Module, arch: Architecture, info: ModelInfo, onnx_decoder: LowResDecoder | None = None
+    ) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.network = network.eval()
@@ -80,7 +88,15 @@ class SamModel:
         with torch.inference_mode():
             self._image_pe = self.network.prompt_encoder.get_dense_pe()
         # Optional ONNX Runtime decoder (label_anything.engine.onnx_decoder.enable_onnx_decoder).
-        self.onnx_decoder = None
+        self.onnx_decoder: LowResDecoder | None = onnx_decoder
+
+    def attach_onnx_decoder(self, decoder: LowResDecoder | None) -> None:
+        """Decode with ``decoder`` (an ``onnx_decoder.OnnxDecoder``), or with PyTorch again for None.
+
+        A loading step: call it before the model is shared between threads. HQ-SAM ignores it (its decoder
+        needs the HQ features; it keeps PyTorch).
+        """
+        self.onnx_decoder = decoder
 
     # -- encode ------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -235,8 +251,6 @@ class SamModel:
         multimask: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same decoder in ONNX Runtime; candidates chosen as ``MaskDecoder.forward`` does."""
-        from label_anything.engine.onnx_decoder import sam_point_inputs
-
         coords, labels = sam_point_inputs(
             None if points is None else points[0][0].cpu().numpy(),
             None if points is None else points[1][0].cpu().numpy(),

@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from label_anything.geometry.coords import xyxy_to_xywh
+
 __all__ = [
     "PolygonPart",
     "coco_rle_to_mask",
@@ -83,21 +85,6 @@ def mask_to_xyxy(mask: np.ndarray) -> np.ndarray:
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
 
 
-def xyxy_to_xywh(xyxy: np.ndarray) -> np.ndarray:
-    """Convert boxes ``(x0, y0, x1, y1)`` to ``(x0, y0, width, height)`` (the COCO ``bbox`` order).
-
-    Args:
-        xyxy: (4,) or (N, 4), any real dtype.
-
-    Returns:
-        Same shape, float64.
-
-    >>> xyxy_to_xywh(np.array([2.0, 1.0, 5.0, 3.0]))
-    array([2., 1., 3., 2.])
-    """
-    boxes = np.array(xyxy, dtype=np.float64)
-    boxes[..., 2:] -= boxes[..., :2]
-    return boxes
 
 
 def mask_area(mask: np.ndarray) -> int:
@@ -249,7 +236,11 @@ def mask_to_polygon_parts(mask: np.ndarray, *, tolerance: float = 1.0, min_area:
     return parts
 
 
-def _bridge(ring: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def splice_ring(ring: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Join ``hole`` (M, 2) into ``ring`` (K, 2) by a zero-width cut between their closest vertices, walked
+    there and back, so the cut encloses nothing: (K + M + 2, 2). For a hole that is its hole; for a ring
+    beside it, the two become one polygon of both (YOLO-seg's one-line-per-object). Large rings are searched
+    with a stride so that the cost stays bounded (``_MAX_BRIDGE_PAIRS`` pairs)."""
     stride = max(1, len(hole) * len(ring) // _MAX_BRIDGE_PAIRS)
     candidates = hole[::stride]
     d2 = ((candidates[:, None, :] - ring[None, :, :]) ** 2).sum(axis=2)
@@ -284,7 +275,7 @@ def polygon_part_to_polygon(part: PolygonPart) -> np.ndarray:
     """
     ring = np.asarray(part.outer, dtype=np.float64)
     for hole in part.holes:
-        ring = _bridge(ring, np.asarray(hole, dtype=np.float64))
+        ring = splice_ring(ring, np.asarray(hole, dtype=np.float64))
     return ring
 
 

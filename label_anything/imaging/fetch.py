@@ -294,7 +294,7 @@ class ImageFetcher:
         return self._get(self._ls_url(f"/tasks/{task_id}/presign/?fileuri={fileuri}"), auth=True)
 
     def _is_label_studio(self, url: str) -> bool:
-        return bool(self.label_studio_url) and _same_origin(url, self.label_studio_url or "")
+        return bool(self.label_studio_url) and same_origin(url, self.label_studio_url or "")
 
     def check_url(self, url: str, *, redirected_from: str | None = None) -> None:
         """Raise AccessDeniedError unless the backend may connect to ``url``: http(s), and Label Studio's
@@ -404,9 +404,17 @@ def _read_file(path: Path, ref: str) -> tuple[bytes, tuple[int, ...]]:
         raise ImageError(f"cannot read local file {_short(ref)!r}: {exc.strerror or exc}") from None
 
 
-def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.netloc.lower()) == (pb.scheme, pb.netloc.lower())
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs have the same scheme and host:port (False when either is not a URL).
+
+    >>> same_origin("http://LS:8080/data/upload/1/a.jpg", "http://ls:8080"), same_origin("http://[", "http://x")
+    (True, False)
+    """
+    try:
+        pa, pb = urlsplit(a), urlsplit(b)
+    except ValueError:
+        return False
+    return (pa.scheme.lower(), pa.netloc.lower()) == (pb.scheme.lower(), pb.netloc.lower())
 
 
 def _short(ref: str) -> str:

@@ -1,7 +1,10 @@
-"""An interactive context from Label Studio → one prompt in pixels.
+"""An interactive context from Label Studio → one ``Click``: a prompt in pixels, not yet an engine prompt.
+
+This module knows Label Studio's format only; ``label_anything.app.interactive.click_prompt`` turns a
+``Click`` into the engine's ``Prompt`` (the format and the engine are independent layers).
 
 Label Studio sends coordinates in percent (0–100) of ``original_width`` / ``original_height``, the
-image's natural size after EXIF rotation. ``percent_to_pixels`` and ``pixels_to_percent`` are the only
+image's natural size after EXIF rotation. ``geometry.coords.percent_to_pixels`` and ``pixels_to_percent`` are the only
 places in the backend that convert between the two, so a round trip cannot drift.
 
 ``image_rotation`` is the rotation of the *view* only. Label Studio's rotate button (the Image tag's
@@ -20,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from label_anything.engine import Prompt
-from label_anything.errors import LabelAnythingError, PromptError
+from label_anything.errors import LabelAnythingError
+from label_anything.geometry.coords import percent_to_pixels
 from label_anything.labelstudio.config import LabelConfig
 
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
@@ -43,39 +46,26 @@ class ContextError(LabelAnythingError, ValueError):
     """An interactive context that cannot be turned into a prompt."""
 
 
-def percent_to_pixels(value: float, size: int) -> float:
-    """Label Studio percent of ``size`` → pixels: ``value / 100 * size``.
-
-    Example:
-        >>> percent_to_pixels(50.0, 640)
-        320.0
-    """
-    return float(value) / 100.0 * size
-
-
-def pixels_to_percent(value: float, size: int) -> float:
-    """Pixels → Label Studio percent of ``size`` (inverse of ``percent_to_pixels``).
-
-    Example:
-        >>> pixels_to_percent(320, 640)
-        50.0
-    """
-    return float(value) * 100.0 / size
-
-
 @dataclass(frozen=True, eq=False)
 class Click:
     """What the annotator asked for: points and/or a box on one image, under one label.
+
+    Coordinates are pixels of the image as Label Studio shows it (``original_width`` x
+    ``original_height``, EXIF orientation applied), x to the right and y down from the top-left corner,
+    already converted from Label Studio's percent by ``percent_to_pixels``; a point or box edge on the
+    image's right border is at x = width. ``parse_context`` returns only clicks with at least one point or
+    a box, every number finite, and a box of positive area.
 
     Attributes:
         to_name: the image object name.
         from_name: the control of the smart region(s) (e.g. the KeyPointLabels control).
         label: the clicked label.
         width, height: ``original_width`` / ``original_height`` of the image in pixels.
-        rotation: ``image_rotation``, the rotation of the annotator's view (coordinates do not depend on
-            it); passed through to the answer.
-        points: (N, 2) float32 xy pixels; point_labels: (N,) int32, 1 positive, 0 negative.
-        box: (4,) float32 ``x0, y0, x1, y1`` pixels, or None.
+        rotation: ``image_rotation`` in degrees, the rotation of the annotator's view (coordinates do not
+            depend on it); passed through to the answer.
+        points: (N, 2) float32, x then y in pixels; N may be 0.
+        point_labels: (N,) int32, 1 positive (on the object), 0 negative.
+        box: (4,) float32 ``x0, y0, x1, y1`` pixels with x1 > x0 and y1 > y0, or None.
     """
 
     to_name: str
@@ -87,12 +77,6 @@ class Click:
     points: np.ndarray
     point_labels: np.ndarray
     box: np.ndarray | None
-
-    def prompt(self, mask_logits: np.ndarray | None = None) -> Prompt:
-        """The engine prompt, optionally refining a previous answer's (1, 256, 256) logits."""
-        return Prompt(
-            points=self.points, point_labels=self.point_labels, box=self.box, mask_logits=mask_logits
-        )
 
     @property
     def point_keys(self) -> frozenset[tuple[float, float, int]]:
@@ -195,7 +179,11 @@ def parse_context(context: Any, config: LabelConfig | None = None) -> Click | No
     if len(points) > MAX_POINTS:
         raise ContextError(f"the context has {len(points)} points; at most {MAX_POINTS} are accepted")
     rotation = region_rotation(last)
-    click = Click(
+    if box is not None and (box[2] <= box[0] or box[3] <= box[1]):
+        # the one prompt rule the parsing above does not already ensure (points and box are finite, labels
+        # 0/1, one point or box at least); the engine's ``Prompt`` refuses the same box with these words
+        raise ContextError(f"a box needs x1 > x0 and y1 > y0, got {box.tolist()}")
+    return Click(
         to_name=to_name,
         from_name=from_name,
         label=label,
@@ -206,11 +194,6 @@ def parse_context(context: Any, config: LabelConfig | None = None) -> Click | No
         point_labels=np.asarray(point_labels, dtype=np.int32),
         box=box,
     )
-    try:
-        click.prompt()  # validates: a box needs x1 > x0, points must be finite, ...
-    except PromptError as exc:
-        raise ContextError(str(exc)) from None
-    return click
 
 
 def _check_prompt_region(region: Any) -> None:

@@ -2,7 +2,7 @@
 
 Geometry comes from ``label_anything.geometry.masks`` and the brush encoding from ``labelstudio.rle``; this
 module only chooses controls and writes Label Studio's JSON shapes. Percent values go through
-``context.pixels_to_percent``, the one conversion the backend uses.
+``geometry.coords.pixels_to_percent``, the one conversion the backend uses.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import numpy as np
 
 from label_anything.errors import LabelAnythingError
 from label_anything.geometry import masks
+from label_anything.geometry.coords import pixels_to_percent
 from label_anything.labelstudio.config import LabelConfig
-from label_anything.labelstudio.context import Click, pixels_to_percent
+from label_anything.labelstudio.context import Click
 from label_anything.labelstudio.rle import brush_rle_encode
 
 # A click answers in milliseconds: a noisy mask (thousands of specks or pinholes) must not cost seconds of
@@ -129,9 +130,21 @@ def box_value(xyxy: np.ndarray, click: Click) -> dict:
 def mask_results(
     mask: np.ndarray, score: float, click: Click, controls: dict[str, str], options: OutputOptions
 ) -> list[dict]:
-    """Regions for one mask (H, W) bool under ``click.label``; empty for an empty mask.
+    """Label Studio result regions for one mask under ``click.label``; empty for an empty mask.
 
-    The regions are one object: their ids share one answer id (see ``answer_of``).
+    Args:
+        mask: (H, W) bool, True on the object, H x W = ``click.height`` x ``click.width`` pixels.
+        score: the mask's score, rounded to 6 digits in every region.
+        click: the image (its name, size and view rotation) and the label the regions go under.
+        controls: result type → control name, from ``output_controls``.
+        options: polygon tolerance and minimum part area, in pixels.
+
+    Returns:
+        In this order, per ``controls``: a ``brushlabels`` region (the mask as Label Studio brush RLE),
+        a ``rectanglelabels`` region (the mask's tight box over whole pixels) and one
+        ``polygonlabels`` region per connected part. Positions are in percent (0–100) of ``click.width`` /
+        ``click.height``, pixel edges (a mask on the last column reaches x = 100). The regions are one
+        object: their ids share one answer id (see ``answer_of``).
     """
     if mask.shape != (click.height, click.width):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, the image {click.width}x{click.height}")

@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from label_anything.labelstudio.context import Click, ContextError, parse_context
-from label_anything.labelstudio.tasks import Tally, choose_annotations
+from label_anything.labelstudio.tally import Tally
+from label_anything.labelstudio.tasks import choose_annotations
 
 RECTANGLE_TYPE = "rectanglelabels"
 
@@ -39,7 +40,8 @@ def _rectangles(item: dict[str, Any]) -> list[dict[str, Any]]:
 
 def task_rectangles(task: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     """The rectangle regions to turn into masks, and where they came from (``"annotation"``,
-    ``"prediction"`` or ``""`` when there are none).
+    ``"prediction"`` or ``""`` when there are none). The regions are as saved: ``rectanglelabels`` with
+    ``value`` x/y/width/height in percent of the image; ``rectangle_click`` turns one into pixels.
 
     The newest non-cancelled annotation counts (as ``convert`` reads a task); an annotator's boxes win
     over a model's. Without rectangles in it, the newest prediction that has rectangles is used.
@@ -71,7 +73,8 @@ def rectangle_label(region: dict[str, Any]) -> str | None:
 
 
 def rectangle_click(region: dict[str, Any], width: int, height: int) -> Click:
-    """One saved rectangle → the same ``Click`` a smart rectangle with that box would be.
+    """One saved rectangle → the same ``Click`` a smart rectangle with that box would be: ``box`` (4,)
+    float32 ``x0, y0, x1, y1`` in pixels of a ``width`` x ``height`` image, no points.
 
     ``width``/``height`` (the image's size, EXIF orientation applied) stand in for a missing
     ``original_width``/``original_height`` (regions imported by hand may lack them). Raises ContextError for

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from label_anything.labelstudio.client import LabelStudioClient, free_port, label_studio_installed
+from label_anything.app.labelstudio_process import free_port, label_studio_installed
+from label_anything.labelstudio.client import LabelStudioClient
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -17,9 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from label_anything.labelstudio.client import (
-    LabelStudioClient,
-    LabelStudioError,
+from label_anything.app.labelstudio_process import (
     free_port,
     label_studio_installed,
     spawn,
@@ -27,6 +25,7 @@ from label_anything.labelstudio.client import (
     stop_process,
     wait_http,
 )
+from label_anything.labelstudio.client import LabelStudioClient, LabelStudioError
 
 LS_USER = "u@example.com"
 LS_PASSWORD = "integration-pass-123"

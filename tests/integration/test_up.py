@@ -21,7 +21,8 @@ import pytest
 
 from label_anything import cli
 from label_anything.app import up
-from label_anything.labelstudio.client import LabelStudioClient, free_port, label_studio_installed, port_in_use
+from label_anything.app.labelstudio_process import free_port, label_studio_installed, port_in_use
+from label_anything.labelstudio.client import LabelStudioClient
 
 pytestmark = pytest.mark.integration
 

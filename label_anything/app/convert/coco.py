@@ -32,7 +32,7 @@ from label_anything.geometry.masks import (
     polygons_to_coco,
     xyxy_to_xywh,
 )
-from label_anything.labelstudio.tasks import Region
+from label_anything.labelstudio.regions import Region
 
 CocoMode = Literal["rle", "polygon"]
 BOXES_FILE = "boxes.json"

@@ -36,18 +36,15 @@ from label_anything.app.convert.images import (
 from label_anything.app.convert.mmdet import write_config
 from label_anything.app.convert.yolo import YoloWriter
 from label_anything.errors import ImageError, LabelAnythingError
-from label_anything.labelstudio.tasks import (
+from label_anything.labelstudio.regions import (
     Region,
-    Tally,
-    choose_annotations,
-    count_predictions,
     count_regions,
-    image_reference,
-    iter_tasks,
     merge_suggestion_duplicates,
     parse_regions,
     task_size,
 )
+from label_anything.labelstudio.tally import Tally
+from label_anything.labelstudio.tasks import choose_annotations, count_predictions, image_reference, iter_tasks
 
 Format = Literal["coco-rle", "coco-polygon", "yolo-seg"]
 FORMATS: tuple[str, ...] = ("coco-rle", "coco-polygon", "yolo-seg")

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 from PIL import Image, ImageOps
@@ -39,15 +39,16 @@ from PIL import Image, ImageOps
 from label_anything.errors import ImageError, LabelAnythingError
 from label_anything.imaging.fetch import (
     ALLOW_HOSTS_OPTION,
+    MAX_DOWNLOAD_BYTES,
     MAX_REDIRECTS,
     LabelStudioAuth,
     host_allowed,
     local_file_path,
     parse_allowed_hosts,
+    same_origin,
 )
 from label_anything.labelstudio.tasks import reference_file_name, reference_relative_path
 
-MAX_DOWNLOAD_BYTES = 256 * 2**20
 NOT_FOUND = "image not found (use --images-root or LABEL_STUDIO_URL)"
 REDIRECT_REFUSED = f"image URL redirected to a host that is not allowed (use {ALLOW_HOSTS_OPTION} HOST)"
 UNREADABLE = "image file that cannot be read as an image (not copied; its regions are kept)"
@@ -192,11 +193,11 @@ class ImageLocator:
 
     def _hop_allowed(self, url: str, first: str, answered_by: str) -> bool:
         ls = self.label_studio_url
-        by_label_studio = bool(ls) and (_same_origin(url, ls) or _same_origin(answered_by, ls))
-        return _same_origin(url, first) or by_label_studio or host_allowed(url, self.allowed_hosts)
+        by_label_studio = bool(ls) and (same_origin(url, ls) or same_origin(answered_by, ls))
+        return same_origin(url, first) or by_label_studio or host_allowed(url, self.allowed_hosts)
 
     def _headers(self, url: str) -> dict[str, str]:
-        if self._auth is None or not _same_origin(url, self.label_studio_url):
+        if self._auth is None or not same_origin(url, self.label_studio_url):
             return {}  # the key goes to Label Studio's origin only, whatever the hop
         try:
             return {"Authorization": self._auth.header()}
@@ -218,14 +219,6 @@ class ImageLocator:
             if buf.tell() > MAX_DOWNLOAD_BYTES:
                 return f"image download larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB"
         return buf.getvalue()
-
-
-def _same_origin(a: str, b: str) -> bool:
-    try:
-        pa, pb = urlsplit(a), urlsplit(b)
-    except ValueError:
-        return False
-    return (pa.scheme.lower(), pa.netloc.lower()) == (pb.scheme.lower(), pb.netloc.lower())
 
 
 def _open(source: ImageSource) -> Image.Image:

@@ -22,22 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from label_anything.app.atomic import write_text_atomic
-from label_anything.geometry.masks import mask_to_polygons
-from label_anything.labelstudio.tasks import Region, clip_polygon
-
-
-def _join(ring: np.ndarray, other: np.ndarray) -> np.ndarray:
-    # The cut goes between the closest pair of vertices and is walked both ways, so it encloses nothing.
-    d2 = ((other[:, None, :] - ring[None, :, :]) ** 2).sum(axis=2)
-    k, j = np.unravel_index(int(np.argmin(d2)), d2.shape)
-    return np.concatenate([ring[: j + 1], np.roll(other, -k, axis=0), other[k : k + 1], ring[j:]])
+from label_anything.geometry.masks import mask_to_polygons, splice_ring
+from label_anything.geometry.polygons_clip import clip_polygon
+from label_anything.labelstudio.regions import Region
 
 
 def merge_polygons(polygons: Sequence[np.ndarray]) -> np.ndarray:
     """Join polygons (K_i, 2) into one ring, each next part attached to the ring built so far."""
     ring = np.asarray(polygons[0], dtype=np.float64)
     for other in polygons[1:]:
-        ring = _join(ring, np.asarray(other, dtype=np.float64))
+        ring = splice_ring(ring, np.asarray(other, dtype=np.float64))
     return ring
 
 

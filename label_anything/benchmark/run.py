@@ -1,0 +1,91 @@
+"""The benchmark's driver: every section in one process, one after the other (see the package docstring)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from label_anything.benchmark.report import ratios
+from label_anything.benchmark.sections import (
+    OTHER_MODELS,
+    bench_decode,
+    bench_encoder,
+    bench_first_click,
+    bench_http,
+    bench_models,
+    bench_naive,
+    bench_precompute,
+    bench_rle,
+)
+from label_anything.benchmark.synthetic import RANDOM_WEIGHTS_NOTE, SIZES, load_random_model, scene
+from label_anything.benchmark.timing import load_average, module_version
+
+
+def run_bench(
+    quick: bool = False,
+    workdir: Path | None = None,
+    decoder: str = "auto",
+    sizes: tuple[tuple[int, int], ...] = SIZES,
+    rle_size: tuple[int, int] = (4000, 3000),
+    models: tuple[str, ...] | None = None,
+) -> dict:
+    """Run every section; returns the JSON-able result. ``sizes`` / ``rle_size``: smaller in tests.
+
+    ``models``: names from ``OTHER_MODELS`` to measure beside MobileSAM; None = all of them (none when quick).
+    """
+    import torch
+
+    from label_anything.engine.onnx_decoder import enable_onnx_decoder, onnx_available
+
+    n = 3 if quick else 20
+    results: dict[str, Any] = {
+        "meta": {
+            "weights": RANDOM_WEIGHTS_NOTE,
+            "masks": "HTTP/output sections upscale a realistic object's logits after the real decoder network "
+                     "(see module doc)",
+            "quick": quick,
+            "load_average_start": load_average(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="label-anything-bench-") as tmp:
+        work = Path(workdir) if workdir else Path(tmp)
+        ckpts = work / "checkpoints"
+        mobile = load_random_model("mobile_sam", "vit_t", ckpts)
+        onnx_ok = decoder != "torch" and onnx_available() and enable_onnx_decoder(mobile, work / "cache")
+        if not onnx_ok:
+            mobile.attach_onnx_decoder(None)
+        results["meta"]["onnxruntime"] = module_version("onnxruntime") if onnx_ok else None
+        results["encoder"] = bench_encoder({"mobile_sam": mobile}, 1 if quick else 2, warmup=0 if quick else 1)
+        results["decode"] = bench_decode(mobile, n, onnx_ok, sizes, raw_polygons=not quick)
+        root = work / "files"
+        root.mkdir(parents=True, exist_ok=True)
+        files = {}
+        from PIL import Image
+
+        for w, h in sizes:
+            name = f"photo-{w}x{h}.jpg"
+            Image.fromarray(scene(w, h)).save(root / name, quality=92)
+            files[(w, h)] = name
+        results["http"] = bench_http(mobile, root, files, n, onnx_ok)
+        # The server answers with whichever decoder is faster here (what `auto` would pick).
+        results["naive"] = bench_naive(mobile, root, files, 1 if quick else 3)
+        encoder_s = results["encoder"]["mobile_sam"]["torch"]["p50_ms"] / 1e3
+        results["first_click"] = bench_first_click(mobile, root, encoder_s, 1 if quick else 3)
+        results["precompute"] = bench_precompute(mobile, work / "precompute", 2 if quick else 4)
+        results["rle"] = bench_rle(n, 1 if quick else 3, rle_size)
+        others = (() if quick else tuple(OTHER_MODELS)) if models is None else models
+        if others:
+            photo = "photo-1024x768.jpg"
+            Image.fromarray(scene(1024, 768)).save(root / photo, quality=92)
+            results["models"] = bench_models(others, ckpts, root, photo, 3 if quick else 10, 1 if quick else 2)
+    results["ratios"] = ratios(results)
+    results["meta"]["load_average_end"] = load_average()
+    return results
