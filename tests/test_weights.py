@@ -187,8 +187,11 @@ def test_cli_download_of_bad_transfer_is_one_line_and_leaves_nothing(damage, fil
     code, out, errors = cli_download("mobile_sam", url, tmp_path, capsys)
     assert code == 2 and len(errors) == 1 and out == "", (errors, out)
     assert spec.filename in errors[0] and url in errors[0], errors[0]
+    assert "--checkpoint FILE" in errors[0], errors[0]  # every failure says how to go on without the download
     if damage == "flipped byte":
         assert "corrupt" in errors[0]
+    elif damage.startswith("cut"):
+        assert "corrupt" in errors[0] or "cut off" in errors[0], errors[0]
     elif damage == "404":
         assert "HTTP 404" in errors[0] and "--checkpoint" in errors[0]
     folder = checkpoint_dir(tmp_path)

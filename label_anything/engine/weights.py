@@ -191,8 +191,9 @@ def download(
     except httpx.HTTPError as exc:
         part.unlink(missing_ok=True)
         raise CheckpointError(
-            f"cannot download {spec.filename} from {source} ({type(exc).__name__}: {exc}); are you "
-            f"offline? Download the file by other means and pass it with --checkpoint FILE"
+            f"cannot download {spec.filename} from {source} ({type(exc).__name__}: {exc}): the connection "
+            "failed or was cut off; try again, or download the file by other means and pass it with "
+            "--checkpoint FILE"
         ) from None
     except BaseException:
         part.unlink(missing_ok=True)
@@ -204,7 +205,8 @@ def download(
         part.unlink(missing_ok=True)
         raise CheckpointError(
             f"downloaded {spec.filename} from {source} is corrupt ({received} bytes, sha256 "
-            f"{h.hexdigest()[:12]}…; expected {spec.size} bytes, {spec.sha256[:12]}…); try again"
+            f"{h.hexdigest()[:12]}…; expected {spec.size} bytes, {spec.sha256[:12]}…); try again, or "
+            f"download it by other means and pass it with --checkpoint FILE"
         )
     os.replace(part, target)
     return target
