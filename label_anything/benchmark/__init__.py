@@ -21,62 +21,10 @@ real HTTP server), ``timing``, ``sections`` (one function per section), ``run`` 
 ``label_anything.cli.bench``.
 """
 
-from label_anything.benchmark.clicks import LABEL_CONFIG, HttpServer, click_body, open_body, post, serve_backend, task
+# The surface used outside the package: the command (cli/bench.py), tests and the bench/ scripts.
 from label_anything.benchmark.report import format_table
 from label_anything.benchmark.run import run_bench
-from label_anything.benchmark.sections import (
-    OTHER_MODELS,
-    bench_decode,
-    bench_encoder,
-    bench_first_click,
-    bench_http,
-    bench_models,
-    bench_naive,
-    bench_precompute,
-    bench_rle,
-    bench_upscale,
-)
-from label_anything.benchmark.synthetic import (
-    RANDOM_WEIGHTS_NOTE,
-    SIZES,
-    SyntheticMaskModel,
-    load_random_model,
-    object_logits,
-    object_mask,
-    random_checkpoint,
-    scene,
-)
-from label_anything.benchmark.timing import load_average, percentiles, timed
+from label_anything.benchmark.sections import OTHER_MODELS
+from label_anything.benchmark.synthetic import load_random_model, random_checkpoint, scene
 
-__all__ = [
-    "LABEL_CONFIG",
-    "OTHER_MODELS",
-    "RANDOM_WEIGHTS_NOTE",
-    "SIZES",
-    "HttpServer",
-    "SyntheticMaskModel",
-    "bench_decode",
-    "bench_encoder",
-    "bench_first_click",
-    "bench_http",
-    "bench_models",
-    "bench_naive",
-    "bench_precompute",
-    "bench_rle",
-    "bench_upscale",
-    "click_body",
-    "format_table",
-    "load_average",
-    "load_random_model",
-    "object_logits",
-    "object_mask",
-    "open_body",
-    "percentiles",
-    "post",
-    "random_checkpoint",
-    "run_bench",
-    "scene",
-    "serve_backend",
-    "task",
-    "timed",
-]
+__all__ = ["OTHER_MODELS", "format_table", "load_random_model", "random_checkpoint", "run_bench", "scene"]
