@@ -56,7 +56,7 @@ def quick_bench(tmp_path_factory):
 
     def small(**kwargs):
         kwargs["models"] = ("sam2.1_tiny",)
-        return original(sizes=SIZES, rle_size=(640, 480), **kwargs)
+        return original(sizes=SIZES, rle_size=(640, 480), heavy_size=(640, 480), **kwargs)
 
     bench.run_bench = small
     torch.set_num_threads(1)
@@ -72,7 +72,8 @@ def quick_bench(tmp_path_factory):
 
 def test_every_section_and_percentiles_are_sane(quick_bench):
     r, printed, _, _ = quick_bench
-    for section in ("meta", "encoder", "decode", "http", "naive", "first_click", "precompute", "rle", "models"):
+    for section in ("meta", "encoder", "decode", "http", "http_fragmented", "heavy_task", "naive", "first_click",
+                    "precompute", "rle", "convert", "models"):
         assert section in r, section
     entries = list(percentile_entries(r))
     assert len(entries) > 20
@@ -85,6 +86,19 @@ def test_every_section_and_percentiles_are_sane(quick_bench):
         assert r["decode"][size]["upscale"]["same_mask"] is True  # windowed upscale == postprocess_masks > 0
         assert r["http"][size]["regions"] == 3  # one object with mask + box + polygon outputs
     assert r["rle"]["same_output"] is True
+    for size in (f"{w}x{h}" for w, h in SIZES):
+        # The random-weight model's own answer: fragmented (several parts, many holes), one polygon per kept part.
+        fragmented = r["http_fragmented"][size]
+        assert fragmented["mask"]["parts"] > 1 and fragmented["mask"]["unpainted_areas"] > 10, fragmented
+        assert 3 <= fragmented["regions"] <= 2 + 50  # brush, box, polygons of the kept parts (at most 50)
+        assert f"HTTP warm click {size} fragmented mask torch p50/p95" in printed
+    heavy = r["heavy_task"]
+    assert heavy["body_bytes"]["heavy"] > 20 * heavy["body_bytes"]["light"]
+    assert heavy["added_ms"] == pytest.approx(heavy["heavy"]["p50_ms"] - heavy["light"]["p50_ms"], abs=0.051)
+    convert = r["convert"]
+    assert set(convert) == {"object", "fragmented", "speckle"}
+    assert convert["object"]["parts"] == 1 < convert["fragmented"]["parts"] < convert["speckle"]["parts"]
+    assert "convert speckle brush mask 320x240" in printed
     sam2 = r["models"]["sam2.1_tiny"]
     assert sam2["model"] == "sam2 tiny" and "sam2.1_tiny: encoder 1024x768" in printed
 

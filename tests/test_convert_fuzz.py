@@ -1,8 +1,9 @@
 """``label-anything convert`` on random, often broken, Label Studio exports, through the real CLI entry.
 
 Whatever the export holds (degenerate or huge polygons, NaN / inf / negative coordinates, brush RLE of
-another size or truncated, unknown types, missing fields, values of the wrong JSON type, several
-annotations, images of the wrong size, unreadable or EXIF-rotated), the command either
+another size or truncated, bitmask PNGs of another size, cut, not PNG or not base64, unknown types, missing
+fields, values of the wrong JSON type, several annotations, images of the wrong size, unreadable or
+EXIF-rotated), the command either
 
 - exits 0, and every region of the export is an annotation written or a count in the summary
   (regions in = annotations + "not converted" + "skipped"), and every annotation loads in pycocotools
@@ -14,6 +15,7 @@ and never prints a traceback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -30,12 +32,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from label_anything.cli.parser import main
+from label_anything.labelstudio.bitmask import DATA_URL_PREFIX, bitmask_encode
 from label_anything.labelstudio.rle import brush_rle_encode
 
 pytest.importorskip("pycocotools")
 
 ANSWER = "0123abcdef"  # a smart-click answer's id prefix (see labelstudio.results.answer_of)
-IDS = ["a", "b", f"{ANSWER}-mask", f"{ANSWER}-box", f"{ANSWER}-poly-0", f"{ANSWER}-poly-1", None, "", 7]
+IDS = ["a", "b", f"{ANSWER}-mask", f"{ANSWER}-bitmask", f"{ANSWER}-box", f"{ANSWER}-poly-0", f"{ANSWER}-poly-1",
+       None, "", 7]
 # Numbers that JSON can carry and Python reads as NaN or inf ("nan", "-1e400"), or that are no number at all.
 WEIRD = [None, True, "x", "nan", "inf", "-1e400", [], {}, [[1, 2]], -5, 0, 1e308]
 LABELS = ["cat", "dog", "könig"]
@@ -52,6 +56,9 @@ def good_value(draw: st.DrawFn, kind: str, w: int, h: int) -> dict[str, Any]:
     if kind == "brushlabels":
         mask = np.array(draw(st.lists(st.booleans(), min_size=w * h, max_size=w * h)), dtype=bool).reshape(h, w)
         return {"format": "rle", "rle": brush_rle_encode(mask), "brushlabels": labels}
+    if kind == "bitmasklabels":
+        mask = np.array(draw(st.lists(st.booleans(), min_size=w * h, max_size=w * h)), dtype=bool).reshape(h, w)
+        return {"imageDataURL": bitmask_encode(mask), "bitmasklabels": labels}
     if kind == "polygonlabels":
         points = draw(st.one_of(
             st.lists(st.lists(st.floats(-5, 105), min_size=2, max_size=2), min_size=3, max_size=7),
@@ -69,7 +76,8 @@ def mutated(draw: st.DrawFn, region: dict[str, Any], w: int, h: int) -> Any:
     """The region with one thing broken, as an export edited by hand or by another tool could be."""
     value = region.get("value")
     how = draw(st.sampled_from(["type", "size", "value", "field", "region"] if not isinstance(value, dict) else
-                               ["type", "size", "value", "labels", "field", "number", "rle", "points", "region"]))
+                               ["type", "size", "value", "labels", "field", "number", "rle", "points", "png",
+                                "region"]))
     if how == "type":
         region["type"] = draw(st.sampled_from(["labels", "choices", "keypointlabels", None, ["brushlabels"], 3]))
     elif how == "size":
@@ -91,6 +99,8 @@ def mutated(draw: st.DrawFn, region: dict[str, Any], w: int, h: int) -> Any:
         other = brush_rle_encode(np.ones((h + 1, w), dtype=bool))
         value["rle"] = draw(st.sampled_from([rle[: len(rle) // 2], rle[:3], other, [300, -1], [1.5, 2], "abc"]))
         value["format"] = draw(st.sampled_from(["rle", "rle", "png", None]))
+    elif how == "png" and "imageDataURL" in value:
+        value["imageDataURL"] = draw(broken_png(value["imageDataURL"], w, h))
     elif how == "points" and "points" in value:
         points = value["points"]
         nan = [[10, "nan"], [20, 30], [40, 50]]
@@ -102,8 +112,33 @@ def mutated(draw: st.DrawFn, region: dict[str, Any], w: int, h: int) -> Any:
 
 
 @st.composite
+def broken_png(draw: st.DrawFn, url: str, w: int, h: int) -> Any:
+    """A bitmask's imageDataURL broken as a hand edit or another tool could: cut, another size, not a PNG..."""
+    if not isinstance(url, str):  # broken before
+        url = bitmask_encode(np.ones((h, w), dtype=bool))
+    try:
+        raw = base64.b64decode(url[len(DATA_URL_PREFIX):])
+    except ValueError:  # cut before
+        raw = b"\x89PNG\r\n\x1a\n"
+    opaque = io.BytesIO()
+    Image.new("RGB", (w, h)).save(opaque, "PNG")  # no alpha: all of it is the region, as the browser shows it
+    jpeg = io.BytesIO()
+    Image.new("RGB", (w, h)).save(jpeg, "JPEG")
+    cut = draw(st.integers(0, len(raw)))
+    return draw(st.sampled_from([
+        url[: len(DATA_URL_PREFIX) + (len(url) - len(DATA_URL_PREFIX)) // 2],  # cut inside the base64
+        DATA_URL_PREFIX + base64.b64encode(raw[:cut]).decode(),  # cut PNG
+        DATA_URL_PREFIX + base64.b64encode(raw[:40] + b"\0" * 20 + raw[60:]).decode(),  # damaged PNG
+        bitmask_encode(np.ones((h + 1, w), dtype=bool)),
+        DATA_URL_PREFIX + base64.b64encode(opaque.getvalue()).decode(),
+        DATA_URL_PREFIX + base64.b64encode(jpeg.getvalue()).decode(),
+        url[len(DATA_URL_PREFIX):], "data:image/png;base64,%%%", "", None, 5, [url], {"png": url},
+    ]))
+
+
+@st.composite
 def result(draw: st.DrawFn, w: int, h: int) -> Any:
-    kind = draw(st.sampled_from(["brushlabels", "polygonlabels", "rectanglelabels"]))
+    kind = draw(st.sampled_from(["brushlabels", "bitmasklabels", "polygonlabels", "rectanglelabels"]))
     region: dict[str, Any] = {"id": draw(st.sampled_from(IDS)), "type": kind, "from_name": "tag",
                               "to_name": "image", "original_width": w, "original_height": h,
                               "value": draw(good_value(kind, w, h))}
@@ -320,6 +355,9 @@ def _case(tasks: list[Any], args: list[str] | None = None) -> dict[str, Any]:
 @example(_case([{"id": 1, "data": {"image": "/x/a.png"}, "annotations": 3}]))  # traceback
 @example(_case([{"id": 2**70, "data": {"image": "/x/a.png"}, "annotations": []}]))  # valid JSON refused, 3 lines
 @example(_case([_task([_rect(x="abc")])]))  # already counted; kept as the non-number case
+@example(_case([_task([{"id": f"{ANSWER}-bitmask", "type": "bitmasklabels", "original_width": 8, "original_height": 6,
+                        "value": {"imageDataURL": bitmask_encode(np.ones((7, 8), bool)), "bitmasklabels": ["cat"]}},
+                       _rect(rid=f"{ANSWER}-box")])]))  # a bitmask of another size, with its answer's box
 @example(_case([_task([_rect(rotation="inf")])]))
 @example(_case([_task([_poly([[10, 10], [50, 10], [50, 50]]) | {"original_width": "1e400"}])]))
 @example(_case([{"id": 1, "data": {"image": "/x/a.png"}, "annotations": [{"result": [{"id": [1], "type": ["x"]}]}]}]))

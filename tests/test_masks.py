@@ -1,4 +1,4 @@
-"""label_anything.geometry.masks: boxes, areas, COCO RLE and polygons against pycocotools' rasterizer."""
+"""label_anything.geometry.masks and .polygons: boxes, areas, COCO RLE and polygons against pycocotools' rasterizer."""
 
 from __future__ import annotations
 
@@ -13,19 +13,21 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as coco_mask
 
-from label_anything.geometry import masks
+from label_anything.geometry import masks, polygons
 from label_anything.geometry.masks import (
-    PolygonPart,
     coco_rle_to_mask,
     mask_area,
     mask_to_coco_rle,
-    mask_to_polygon_parts,
-    mask_to_polygons,
     mask_to_xyxy,
-    polygon_part_to_polygon,
     polygons_to_coco,
     polygons_to_mask,
     xyxy_to_xywh,
+)
+from label_anything.geometry.polygons import (
+    PolygonPart,
+    mask_to_polygon_parts,
+    mask_to_polygons,
+    polygon_part_to_polygon,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -278,6 +280,7 @@ def test_polygons_to_coco_lists() -> None:
 
 def test_docstring_examples_run() -> None:
     assert doctest.testmod(masks).failed == 0
+    assert doctest.testmod(polygons).failed == 0
 
 
 def test_caps_on_parts_and_holes_keep_the_largest() -> None:
@@ -301,3 +304,66 @@ def test_caps_on_parts_and_holes_keep_the_largest() -> None:
 
     assert holes(polygons_to_mask(everything, 200, 300)) > 100
     assert holes(back) == 5
+
+
+# ---------------------------------------------------------------- cost bounded by what is kept
+def swiss_cheese(h: int = 192, w: int = 256, seed: int = 0) -> np.ndarray:
+    """What a random-weight model answers: low-resolution noise upscaled and thresholded, dozens of parts
+    and hundreds of holes over the whole image."""
+    noise = np.random.default_rng(seed).standard_normal((h // 4, w // 4)).astype(np.float32)
+    return cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR) > -0.3
+
+
+def test_only_kept_rings_are_simplified(monkeypatch) -> None:
+    """Specks and pinholes are measured, not traced into rings: Douglas-Peucker runs once per kept ring."""
+    mask = swiss_cheese()
+    everything = mask_to_polygon_parts(mask, min_area=16)
+    assert len(everything) > 5 and sum(len(p.holes) for p in everything) > 40  # a hard shape
+    calls = []
+    real = cv2.approxPolyDP
+    monkeypatch.setattr(polygons.cv2, "approxPolyDP", lambda *a, **k: calls.append(1) or real(*a, **k))
+    capped = mask_to_polygon_parts(mask, min_area=16, max_parts=5, max_holes=3)
+    assert len(capped) == 5 and all(len(p.holes) <= 3 for p in capped)
+    assert len(calls) <= 5 * (1 + 3)
+
+
+def test_caps_keep_the_largest_parts_and_holes_by_area() -> None:
+    mask = swiss_cheese(seed=1)
+    h, w = mask.shape
+    everything = mask_to_polygon_parts(mask, tolerance=0, min_area=16)
+    capped = mask_to_polygon_parts(mask, tolerance=0, min_area=16, max_parts=4, max_holes=2)
+
+    def area(ring: np.ndarray) -> float:
+        return abs(signed_area(ring))
+
+    expected = sorted(everything, key=lambda p: -area(p.outer))[:4]
+    expected = [PolygonPart(p.outer, tuple(sorted(p.holes, key=lambda r: -area(r))[:2])) for p in expected]
+    rasterized = [polygons_to_mask([polygon_part_to_polygon(p)], h, w) for p in expected]
+    assert np.array_equal(polygons_to_mask([polygon_part_to_polygon(p) for p in capped], h, w),
+                          np.logical_or.reduce(rasterized))
+
+
+def test_thousands_of_holes_splice_exactly() -> None:
+    """Every hole is bridged to the outer ring, the bridges crossing each other and other holes: zero-width
+    cuts cancel under pycocotools' even-odd rule and the non-zero rule whatever they cross."""
+    rng = np.random.default_rng(5)
+    mask = np.zeros((120, 160), dtype=bool)
+    mask[5:115, 5:155] = True
+    mask[7:113, 7:153] &= rng.random((106, 146)) > 0.2  # ~3000 pinholes, some touching each other
+    [polygon] = mask_to_polygons(mask, tolerance=0)
+    assert np.array_equal(polygons_to_mask([polygon], *mask.shape), mask)
+    assert np.array_equal(winding_numbers(polygon, *mask.shape) != 0, mask)
+
+
+def test_speckle_is_cleaned_first_with_the_same_answer(monkeypatch) -> None:
+    """On speckle (runs of a few pixels) specks and pinholes are removed by labelling before tracing; the
+    polygons rasterize exactly as when every contour is traced and then dropped by its outline's area."""
+    mask = np.random.default_rng(2).random((96, 128)) < 0.55
+    mask[20:60, 30:90] = True
+    mask[30:50, 40:80] &= np.random.default_rng(3).random((20, 40)) < 0.9
+    assert polygons._looks_speckled(mask)
+    fast = mask_to_polygons(mask, tolerance=0, min_area=6)
+    monkeypatch.setattr(polygons, "_looks_speckled", lambda crop: False)
+    slow = mask_to_polygons(mask, tolerance=0, min_area=6)
+    assert np.array_equal(polygons_to_mask(fast, *mask.shape), polygons_to_mask(slow, *mask.shape))
+    assert len(fast) == len(slow)

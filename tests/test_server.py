@@ -193,6 +193,25 @@ def test_click_gives_mask_box_polygons_equal_to_engine(client, task, mobile_sam_
     assert all(isinstance(r["score"], float) for r in prediction["result"])
 
 
+def test_a_task_full_of_brush_regions_gets_the_same_answer(client, task):
+    """Label Studio sends every annotation and draft of the task with each click; their brush RLE is dropped
+    before parsing (labelstudio.request_body) and the answer does not change."""
+    from label_anything.labelstudio.rle import brush_rle_encode
+
+    light = predict(client, task, [kp(200, 120)])
+    stored_mask = np.zeros((H, W), dtype=bool)
+    stored_mask[50:200, 100:300] = True
+    stored = [{"id": f"r{k}", "type": "brushlabels", "from_name": "BrushLabels", "to_name": "image",
+               "original_width": W, "original_height": H,
+               "value": {"format": "rle", "rle": brush_rle_encode(np.roll(stored_mask, k, axis=1)),
+                         "brushlabels": ["cat"]}} for k in range(20)]
+    heavy_task = {**task, "annotations": [{"id": 1, "result": stored}], "drafts": [{"id": 2, "result": stored}]}
+    heavy = predict(client, heavy_task, [kp(200, 120)])
+    assert light.status_code == heavy.status_code == 200, heavy.text
+    (a,), (b,) = (by_type(r.json()["results"][0])["brushlabels"] for r in (light, heavy))
+    assert a["value"]["rle"] == b["value"]["rle"] and len(b["value"]["rle"]) > 10
+
+
 def test_rectangle_and_points_plus_rectangle(client, task, mobile_sam_model, embedding):
     box = (120, 20, 400, 290)
     prediction = predict(client, task, [rect(*box)]).json()["results"][0]
@@ -620,7 +639,7 @@ def test_exif_rotated_photo_uses_the_orientation_label_studio_shows(client, chel
 
 def exact_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """What the backend's polygons must be at tolerance 0 and min area 0, caps included."""
-    from label_anything.geometry.masks import mask_to_polygons
+    from label_anything.geometry.polygons import mask_to_polygons
     from label_anything.labelstudio.results import MAX_POLYGON_HOLES, MAX_POLYGON_PARTS
 
     return mask_to_polygons(mask, tolerance=0, min_area=0, max_parts=MAX_POLYGON_PARTS, max_holes=MAX_POLYGON_HOLES)

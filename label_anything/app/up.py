@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -30,6 +30,8 @@ from label_anything.app.labelstudio_process import (
     stop_process,
     wait_http,
 )
+from label_anything.engine.models import choose_model
+from label_anything.engine.weights import CHECKPOINTS, CheckpointSpec, DownloadError, checkpoint_dir, download
 from label_anything.errors import LabelAnythingError
 from label_anything.labelstudio.client import LabelStudioClient, LabelStudioError, find_images, label_config
 
@@ -39,6 +41,7 @@ DEMO_IMAGES = ("chelsea", "coffee", "astronaut", "rocket")
 DEMO_LABELS = "cat,person,cup,rocket"
 LABEL_STUDIO_START_TIMEOUT = 300.0  # about 40 s on 2 cores, minutes on a first start (database migrations)
 BACKEND_START_TIMEOUT = 180.0
+FIRST_RUN_CHECKPOINT = "mobile_sam"  # what a first run without any checkpoint downloads: small, fast on a CPU
 
 
 def default_data_dir() -> Path:
@@ -68,6 +71,9 @@ class UpOptions:
     decoder: str = "torch"
     cache_dir: Path | None = None
     cache_disk_gb: float
+    # ``auto`` with no checkpoint in the cache: download MobileSAM first (``prepare_model``)
+    download: bool = True
+    download_url: str | None = None  # None: the official URL (``CHECKPOINTS["mobile_sam"].url``)
 
 
 # -- pieces ------------------------------------------------------------------------------------------
@@ -156,6 +162,48 @@ def _backend_command(options: UpOptions) -> list[str]:
     return cmd
 
 
+def prepare_model(options: UpOptions) -> UpOptions:
+    """Decide the backend's model before anything starts: ``options`` with the model it will load.
+
+    ``--model-name auto`` with no checkpoint in the cache downloads MobileSAM (verified by size and SHA-256,
+    a progress bar on stderr) and names it with its file; with ``--no-download``, or when the download fails
+    (host down, HTTP error, corrupt file, cache not writable), one line says why and what to do, and the
+    backend runs ``classical``. A checkpoint already cached is left to ``auto`` (which picks by device), and
+    any other request is only checked: a missing checkpoint is a one-line error here, not a backend that
+    dies after Label Studio started.
+    """
+    choice = choose_model(options.model_name, options.sam_config, options.checkpoint, cache_dir=options.cache_dir)
+    if options.model_name != "auto" or choice.name != "classical":
+        return options
+    spec = CHECKPOINTS[FIRST_RUN_CHECKPOINT]
+    folder = checkpoint_dir(options.cache_dir)
+    classical = replace(options, model_name="classical", sam_config=None, checkpoint=None)
+    if not options.download:
+        print(f"no SAM checkpoint in {folder} and downloads are off (--no-download): the backend uses the "
+              "weight-free `classical` engine (GrabCut); for SAM run `label-anything download mobile_sam`, or "
+              "`up` without --no-download", flush=True)
+        return classical
+    try:
+        path = _download_first_checkpoint(spec, options)
+    except (DownloadError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, DownloadError) else f"cannot write to {folder} ({exc.strerror or exc})"
+        reason = " ".join(reason.split())  # one line, whatever the exception's text holds
+        print(f"could not download MobileSAM: {reason}; the backend uses the weight-free `classical` engine "
+              "(GrabCut) for now: run `up` again to retry, `label-anything download mobile_sam --url MIRROR`, "
+              "or pass --model-name mobile_sam --checkpoint FILE (--no-download skips this)", flush=True)
+        return classical
+    return replace(options, model_name=spec.model, sam_config=spec.config, checkpoint=path)
+
+
+def _download_first_checkpoint(spec: CheckpointSpec, options: UpOptions) -> Path:
+    source = options.download_url or spec.url
+    print(f"no SAM checkpoint in {checkpoint_dir(options.cache_dir)}: downloading MobileSAM "
+          f"({spec.size / 2**20:.0f} MiB, checked by size and SHA-256) from {source} ...", flush=True)
+    path = download(spec, options.cache_dir, url=options.download_url).resolve()
+    print(f"downloaded {path}: the backend uses mobile_sam", flush=True)
+    return path
+
+
 class _Stop:
     """SIGINT/SIGTERM set a flag instead of raising, so start-up and shutdown are never cut in half."""
 
@@ -196,6 +244,7 @@ def run_up(options: UpOptions) -> int:
     labels = [s.strip() for s in given.split(",") if s.strip()]
     config = label_config(labels)
     _check_ports(options)
+    options = prepare_model(options)  # before anything starts: a first run downloads MobileSAM here
     creds = load_credentials(data_dir, options.username, options.password, options.user_token)
 
     stop = _Stop()
@@ -225,9 +274,6 @@ def run_up(options: UpOptions) -> int:
             return _shutdown(procs)
         model_version = httpx.get(backend_url + "/health", timeout=5).json().get("model_version", "?")
         project_id, n_tasks = provision(ls_url, creds, folder, config, backend_url, data_dir)
-        if "classical" in model_version.lower():
-            print("no SAM checkpoint given or cached: using the weight-free `classical` engine (GrabCut); for "
-                  "SAM run `label-anything download mobile_sam` or pass --model-name/--checkpoint", flush=True)
         print(f"ready in {time.monotonic() - started:.0f} s: {ls_url}/projects/{project_id}/data "
               f"({n_tasks} tasks, labels {', '.join(labels)}, backend {model_version} connected)", flush=True)
         print(f"log in as {creds.username} with password {creds.password} (saved in {data_dir / 'credentials.json'})"

@@ -5,15 +5,18 @@ average before and after is recorded because a busy machine slows everything (re
 
 Models use **random-weight checkpoints of the real architectures** (built with the official packages and
 loaded through ``load_model``, like a downloaded one): timing does not depend on weight values. Mask
-*shapes* do: random weights give fragmented masks (hundreds of parts, holes), on which upscaling and
-polygon extraction cost far more than on a real object. So the HTTP sections run the real decoder network,
-then swap its logits for those of a realistic object (an ellipse with a hole, ~15 % of the image), which
-the model's own code upscales and the output stage turns into regions; the raw random-weight mask's
-polygon time is reported separately (``decode.*.outputs_on_random_mask``).
+*shapes* do: random weights give fragmented masks (dozens of parts, thousands of holes over most of the
+image), on which upscaling, brush RLE and polygons cost far more than on a real object. So every click
+section is measured twice: with the real decoder network's logits swapped for those of a realistic object
+(an ellipse with a hole, ~15 % of the image), which the model's own code upscales and the output stage turns
+into regions (``http``), and end to end on the random-weight model's own fragmented answer
+(``http_fragmented``), the worst shape a click meets.
 
-Sections: encoder, decode (PyTorch and ONNX Runtime), http (warm click), naive (encode on every click),
-first_click (task opened earlier, with and without prefetch), precompute, rle (ours vs label_studio_sdk),
-models (SAM vit_b, SAM 2.1 tiny and small: encoder and warm click).
+Sections: encoder, decode (PyTorch and ONNX Runtime; output steps on both shapes), http and http_fragmented
+(warm click), heavy_task (the same click, its task carrying 50 brush regions in an annotation and a draft),
+naive (encode on every click), first_click (task opened earlier, with and without prefetch), precompute, rle
+(ours vs label_studio_sdk), convert (ms per brush mask, per format, for an object, a fragmented answer and
+speckle), models (SAM vit_b, SAM 2.1 tiny and small: encoder and warm click).
 
 Modules: ``synthetic`` (scenes, object masks, random-weight checkpoints), ``clicks`` (``/predict`` bodies, a
 real HTTP server), ``timing``, ``sections`` (one function per section), ``run`` (``run_bench``, the driver),

@@ -98,7 +98,11 @@ def serve_backend(model, root: Path, *, cache_bytes: int = 512 * 2**20, prefetch
         thread.join(timeout=10)
 
 
-def post(client, url: str, body: dict) -> dict:
-    response = client.post(url + "/predict", json=body)
+def post(client, url: str, body: dict | bytes) -> dict:
+    """POST a /predict body (a dict, or JSON already encoded: what the client spends encoding is not ours)."""
+    if isinstance(body, bytes):
+        response = client.post(url + "/predict", content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.post(url + "/predict", json=body)
     response.raise_for_status()
     return response.json()

@@ -40,19 +40,34 @@ def format_table(r: dict) -> str:
             up = e["upscale"]
             rows.append((f"  upscale to {size}: ours / postprocess_masks" + ("" if up["same_mask"] else " (DIFFER)"),
                          f"{up['ours']['p50_ms']:.1f} / {up['official']['p50_ms']:.1f} ms"))
-        rows.append((f"  brush RLE / box / polygons {size}",
-                     f"{e['brush_rle']['p50_ms']:.1f} / {e['box']['p50_ms']:.2f} / {e['polygons']['p50_ms']:.1f} ms"))
+        for key, shape in (("outputs", "object"), ("outputs_fragmented", "fragmented")):
+            rle, box, poly = (e[key][k]["p50_ms"] for k in ("brush_rle", "box", "polygons"))
+            rows.append((f"  brush RLE / box / polygons {size} {shape}", f"{rle:.1f} / {box:.2f} / {poly:.1f} ms"))
     for size, e in r["http"].items():
         for rt in ("torch", "onnx"):
             if rt in e:
                 value = f"{e[rt]['p50_ms']:.1f} / {e[rt]['p95_ms']:.1f} ms"
                 rows.append((f"HTTP warm click {size} {rt} p50/p95", value))
+        f = r["http_fragmented"][size]
+        for rt in ("torch", "onnx"):
+            if rt in f:
+                rows.append((f"HTTP warm click {size} fragmented mask {rt} p50/p95",
+                             f"{f[rt]['p50_ms']:.1f} / {f[rt]['p95_ms']:.1f} ms"))
+        rows.append((f"  fragmented mask {size}: fraction / parts / unpainted areas",
+                     f"{f['mask']['fraction']} / {f['mask']['parts']} / {f['mask']['unpainted_areas']}"))
         rows.append((f"HTTP naive click {size} p50", f"{r['naive'][size]['p50_ms']:.0f} ms"))
         rows.append((f"naive / ours {size}", f"{r['ratios'][f'naive_over_ours_{size}']}x"))
     fc = r["first_click"]
     rows.append((f"first click, task opened {fc['opened_ms_before_click']} ms earlier, prefetch on p50",
                  f"{fc['with_prefetch']['p50_ms']:.0f} ms"))
     rows.append(("first click, prefetch off p50", f"{fc['without_prefetch']['p50_ms']:.0f} ms"))
+    ht = r["heavy_task"]
+    rows.append((f"click whose task holds {ht['regions']} brush regions x2 ({ht['size']}, "
+                 f"{ht['body_bytes']['heavy'] / 1e6:.1f} MB): added p50", f"{ht['added_ms']:.1f} ms"))
+    for shape, e in r["convert"].items():
+        rows.append((f"convert {shape} brush mask {e['size']} ({e['parts']} parts): rle / polygon / yolo-seg",
+                     f"{e['coco-rle']['p50_ms']:.1f} / {e['coco-polygon']['p50_ms']:.1f} / "
+                     f"{e['yolo-seg']['p50_ms']:.1f} ms per mask"))
     pc = r["precompute"]
     rows.append(("precompute throughput", f"{pc['images_per_s_wall']:.2f} img/s"))
     rows.append((f"cached embedding on disk ({pc['dtype']})", f"{pc['bytes_per_embedding_on_disk'] / 1e6:.2f} MB"))

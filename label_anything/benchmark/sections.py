@@ -64,11 +64,19 @@ def bench_models(names: tuple[str, ...], folder: Path, root: Path, file_name: st
     return out
 
 
-def bench_decode(
-    model, n: int, onnx_ok: bool, sizes: tuple[tuple[int, int], ...] = SIZES, raw_polygons: bool = True
-) -> dict:
+def click_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """Polygons as the click path traces them (default tolerance and minimum area, its caps)."""
+    from label_anything.geometry import polygons
+    from label_anything.labelstudio.results import MAX_POLYGON_HOLES, MAX_POLYGON_PARTS, OutputOptions
+
+    options = OutputOptions()
+    return polygons.mask_to_polygons(mask, tolerance=options.poly_tolerance, min_area=options.poly_min_area,
+                                     max_parts=MAX_POLYGON_PARTS, max_holes=MAX_POLYGON_HOLES)
+
+
+def bench_decode(model, n: int, onnx_ok: bool, sizes: tuple[tuple[int, int], ...] = SIZES) -> dict:
     """In-process warm click at each size: decoder alone (PyTorch vs ONNX Runtime, interleaved), then
-    each output step on the synthetic object mask (and polygons on the raw random-weight mask)."""
+    each output step on a realistic object mask and on the random-weight model's fragmented answer."""
     from label_anything.engine import Prompt, decode, encode
     from label_anything.geometry import masks
     from label_anything.labelstudio.rle import brush_rle_encode
@@ -91,20 +99,16 @@ def bench_decode(
         entry: dict[str, Any] = {f"decode_{k}": percentiles(v) for k, v in times.items()}
         if hasattr(model, "masks_from_low_res"):
             entry["upscale"] = bench_upscale(model, embedding, n)
-        mask = object_mask(w, h)
-        entry["brush_rle"] = percentiles(timed(lambda m=mask: brush_rle_encode(m), n))
-        entry["box"] = percentiles(timed(lambda m=mask: masks.mask_to_xyxy(m), n))
-        entry["polygons"] = percentiles(timed(lambda m=mask: masks.mask_to_polygons(m, tolerance=1.0, min_area=16), n))
-        raw = seg.masks[0]
-        t0 = time.perf_counter()
-        small = raw_polygons and w * h <= 1024 * 768
-        parts = masks.mask_to_polygons(raw, tolerance=1.0, min_area=16) if small else None
-        entry["outputs_on_random_mask"] = {
-            "mask_fraction": round(float(raw.mean()), 3),
-            "polygon_ms": round((time.perf_counter() - t0) * 1e3, 1) if parts is not None else None,
-            "polygon_parts": len(parts) if parts is not None else None,
-            "note": "random weights give fragmented masks; polygons skipped above 1024x768",
-        }
+        # The output steps as the click path runs them, on a realistic object and on the model's own
+        # (fragmented) answer.
+        for shape, mask in (("object", object_mask(w, h)), ("fragmented", seg.masks[0])):
+            outputs = {
+                "brush_rle": percentiles(timed(lambda m=mask: brush_rle_encode(m), n)),
+                "box": percentiles(timed(lambda m=mask: masks.mask_to_xyxy(m), n)),
+                "polygons": percentiles(timed(lambda m=mask: click_polygons(m), n)),
+            }
+            entry["outputs" if shape == "object" else "outputs_fragmented"] = outputs
+        entry["fragmented_mask"] = fragmentation(seg.masks[0])
         out[f"{w}x{h}"] = entry
     return out
 
@@ -135,19 +139,27 @@ def bench_upscale(model, embedding, n: int) -> dict:
     return {**{k: percentiles(v) for k, v in times.items()}, "same_mask": bool(np.array_equal(ours(), official()))}
 
 
-def bench_http(model, root: Path, files: dict[tuple[int, int], str], n: int, onnx_ok: bool) -> dict:
-    """Warm click over HTTP (mask + box + polygons), per size and decoder runtime, interleaved."""
+def bench_http(
+    model, root: Path, files: dict[tuple[int, int], str], n: int, onnx_ok: bool, *, fragmented: bool = False
+) -> dict:
+    """Warm click over HTTP (mask + box + polygons), per size and decoder runtime, interleaved.
+
+    ``fragmented=False``: the decoder's logits are swapped for a realistic object's (``SyntheticMaskModel``).
+    ``fragmented=True``: the random-weight model's own answer, end to end: a mask of dozens of parts and
+    hundreds of holes over most of the image, the worst shape a click meets (foliage, hair, a bad click).
+    """
     import httpx
 
     out: dict[str, Any] = {}
     onnx = model.onnx_decoder if onnx_ok else None
     runtimes = {"torch": None, **({"onnx": onnx} if onnx is not None else {})}
-    with serve_backend(SyntheticMaskModel(model), root) as srv, httpx.Client(timeout=600) as client:
+    served = model if fragmented else SyntheticMaskModel(model)
+    with serve_backend(served, root) as srv, httpx.Client(timeout=600) as client:
         for (w, h), name in files.items():
             body = click_body(name, w, h, w * 0.5, h * 0.45)
             post(client, srv.url, body)  # first click: encodes and caches; later clicks are warm
             times: dict[str, list[float]] = {k: [] for k in runtimes}
-            regions = 0
+            answer: dict = {}
             for i in range(n + 1):
                 for rt, dec in runtimes.items():
                     model.attach_onnx_decoder(dec)
@@ -155,10 +167,31 @@ def bench_http(model, root: Path, files: dict[tuple[int, int], str], n: int, onn
                     answer = post(client, srv.url, body)
                     if i:
                         times[rt].append(time.perf_counter() - t0)
-                    regions = len(answer["results"][0]["result"])
             model.attach_onnx_decoder(onnx)
-            out[f"{w}x{h}"] = {**{rt: percentiles(v) for rt, v in times.items()}, "regions": regions}
+            result = answer["results"][0]["result"]
+            entry: dict[str, Any] = {rt: percentiles(v) for rt, v in times.items()}
+            entry["regions"] = len(result)
+            if fragmented:
+                entry["mask"] = fragmentation(brush_mask(result, w, h))
+            out[f"{w}x{h}"] = entry
     return out
+
+
+def brush_mask(result: list[dict], width: int, height: int) -> np.ndarray:
+    """The (H, W) bool mask of the brush region of an answer."""
+    from label_anything.labelstudio.rle import brush_rle_decode
+
+    (brush,) = [r for r in result if r["type"] == "brushlabels"]
+    return brush_rle_decode(brush["value"]["rle"], height, width)
+
+
+def fragmentation(mask: np.ndarray) -> dict:
+    """How fragmented a mask is: painted fraction, parts (8-connected) and holes (4-connected)."""
+    import cv2
+
+    parts = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
+    background = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)[0] - 1
+    return {"fraction": round(float(mask.mean()), 3), "parts": int(parts), "unpainted_areas": int(background)}
 
 
 def bench_naive(model, root: Path, files: dict[tuple[int, int], str], n: int) -> dict:
@@ -254,4 +287,87 @@ def bench_rle(n: int, sdk_n: int, size: tuple[int, int] = (4000, 3000)) -> dict:
 
     out["label_studio_sdk"] = percentiles(timed(sdk, sdk_n, warmup=0))
     out["same_output"] = list(sdk()) == list(brush_rle_encode(mask))
+    return out
+
+
+def bench_convert(shapes: dict[str, np.ndarray], folder: Path, n: int, tasks: int = 4) -> dict:
+    """``convert`` of an export of ``tasks`` tasks, each with one brush region of a shape: ms per mask per format.
+
+    ``shapes``: name → (H, W) bool mask (a smooth object, a fragmented model answer, speckle ...). The export
+    is parsed, every mask decoded from brush RLE and written in each format, as ``label-anything convert`` does.
+    """
+    import json
+
+    from label_anything.app.convert.dataset import convert
+    from label_anything.app.convert.images import ImageLocator
+    from label_anything.labelstudio.rle import brush_rle_encode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {}
+    for name, mask in shapes.items():
+        h, w = mask.shape
+        region = {"id": "b1", "type": "brushlabels", "from_name": "brush", "to_name": "image",
+                  "original_width": w, "original_height": h, "image_rotation": 0,
+                  "value": {"format": "rle", "rle": brush_rle_encode(mask), "brushlabels": ["object"]}}
+        export = folder / f"export-{name}.json"
+        export.write_text(json.dumps([
+            {"id": t + 1, "data": {"image": f"/data/upload/1/{name}-{t}.png"},
+             "annotations": [{"id": t + 1, "result": [region]}]} for t in range(tasks)
+        ]))
+        entry: dict[str, Any] = {"size": f"{w}x{h}", **fragmentation(mask)}
+        for fmt in ("coco-rle", "coco-polygon", "yolo-seg"):
+            locator = ImageLocator(upload_dir=folder / "no-uploads", download=False)
+
+            def run(fmt=fmt, locator=locator, export=export) -> None:
+                result = convert(export, folder / f"out-{fmt}", fmt=fmt, locator=locator, copy_images=False,
+                                 progress=False)
+                assert result.n_annotations == tasks, result.summary()
+
+            entry[fmt] = percentiles([s / tasks for s in timed(run, n)])
+        out[name] = entry
+    return out
+
+
+def bench_heavy_task(model, root: Path, n: int, regions: int = 50, size: tuple[int, int] = (3000, 2000)) -> dict:
+    """The click's cost of what Label Studio sends with it: every annotation and draft of the task.
+
+    The same warm click on the same image, its task carrying nothing vs ``regions`` brush regions (realistic
+    object masks) in an annotation and in a draft, interleaved; the difference is the cost of the request's
+    size (network, JSON parsing) that the answer does not need.
+    """
+    import httpx
+    from PIL import Image
+
+    from label_anything.labelstudio.rle import brush_rle_encode
+
+    w, h = size
+    name = f"heavy-{w}x{h}.jpg"
+    Image.fromarray(scene(w, h, seed=7)).save(root / name, quality=92)
+    light = click_body(name, w, h, w * 0.5, h * 0.45)
+    shifts = np.linspace(-0.3, 0.3, regions)
+    stored = []
+    for k, shift in enumerate(shifts):
+        mask = np.roll(object_mask(w, h), int(shift * w), axis=1)
+        stored.append({"id": f"r{k}", "type": "brushlabels", "from_name": "brush", "to_name": "image",
+                       "original_width": w, "original_height": h, "image_rotation": 0,
+                       "value": {"format": "rle", "rle": brush_rle_encode(mask), "brushlabels": ["object"]}})
+    heavy = {**light, "tasks": [{**light["tasks"][0], "annotations": [{"id": 1, "result": stored}],
+                                 "drafts": [{"id": 2, "result": stored}]}]}
+    import json
+
+    # Encoded once: Label Studio's encoding is not the backend's cost.
+    bodies = {"light": json.dumps(light).encode(), "heavy": json.dumps(heavy).encode()}
+    sizes = {k: len(b) for k, b in bodies.items()}
+    times: dict[str, list[float]] = {k: [] for k in bodies}
+    with serve_backend(SyntheticMaskModel(model), root) as srv, httpx.Client(timeout=600) as client:
+        post(client, srv.url, light)  # encodes and caches
+        for i in range(n + 1):
+            for k, body in bodies.items():
+                t0 = time.perf_counter()
+                post(client, srv.url, body)
+                if i:
+                    times[k].append(time.perf_counter() - t0)
+    out: dict[str, Any] = {"size": f"{w}x{h}", "regions": regions,
+                           "body_bytes": sizes, **{k: percentiles(v) for k, v in times.items()}}
+    out["added_ms"] = round(out["heavy"]["p50_ms"] - out["light"]["p50_ms"], 1)
     return out

@@ -41,6 +41,12 @@ def object_mask(width: int, height: int) -> np.ndarray:
     return mask.astype(bool)
 
 
+def speckle_mask(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """The worst shape for polygons: every pixel painted at random (half of them), so tens of thousands of
+    one-pixel parts and holes. A brush can paint it; no model answers it."""
+    return np.random.default_rng(seed).random((height, width)) < 0.5
+
+
 def random_checkpoint(family: str, config: str, folder: Path, seed: int = 0) -> Path:
     """A seeded random-weight state dict of the real architecture, built once and reused.
 

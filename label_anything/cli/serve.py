@@ -67,7 +67,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         "--out-mask",
         action=argparse.BooleanOptionalAction,
         default=env("LABEL_ANYTHING_OUT_MASK", True),
-        help="answer a brush mask (BrushLabels) [env LABEL_ANYTHING_OUT_MASK; default: on]",
+        help="answer the mask: a BrushLabels region, or where the image has no BrushLabels control a "
+        "BitmaskLabels one [env LABEL_ANYTHING_OUT_MASK; default: on]",
     )
     out.add_argument(
         "--out-bbox",

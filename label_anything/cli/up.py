@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from label_anything.app.up import DEMO_LABELS, UpOptions, run_up
+from label_anything.app.up import DEMO_LABELS, FIRST_RUN_CHECKPOINT, UpOptions, run_up
 from label_anything.cli.options import add_model_arguments, env, port_number
+from label_anything.engine.weights import CHECKPOINTS
 
 
 def add_up_parser(subparsers) -> argparse.ArgumentParser:
@@ -17,7 +18,11 @@ def add_up_parser(subparsers) -> argparse.ArgumentParser:
         help="start Label Studio + the SAM backend on a folder of images, ready to label (one command)",
         description="Start Label Studio and the backend, create (or reuse) a project for the folder with a "
         "label config for the labels, import the images, connect the backend as interactive, and print "
-        "the URL. Run it again on the same folder to pick up new images. Ctrl+C stops both servers.",
+        "the URL. Run it again on the same folder to pick up new images. Ctrl+C stops both servers. "
+        "First run: with --model-name auto and no SAM checkpoint in the cache, it downloads MobileSAM "
+        f"({CHECKPOINTS[FIRST_RUN_CHECKPOINT].size / 2**20:.0f} MiB, verified by size and SHA-256, once) "
+        "before it starts; with --no-download, or when the download fails, it says why in one line and the "
+        "backend uses the weight-free classical engine (GrabCut).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", type=Path, help="folder of images to label (searched recursively)")
@@ -41,6 +46,15 @@ def add_up_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out-poly", action=argparse.BooleanOptionalAction, default=False,
                    help="also suggest polygons (default: mask and box)")
     add_model_arguments(p)
+    first = p.add_argument_group("first run")
+    first.add_argument("--download", action=argparse.BooleanOptionalAction,
+                       default=env("LABEL_ANYTHING_DOWNLOAD", True),
+                       help="with --model-name auto and no checkpoint in the cache, download MobileSAM "
+                            f"(`label-anything download {FIRST_RUN_CHECKPOINT}`) before starting; --no-download "
+                            "starts the classical engine instead [env LABEL_ANYTHING_DOWNLOAD; default: on]")
+    first.add_argument("--download-url", default=env("LABEL_ANYTHING_DOWNLOAD_URL"), metavar="URL",
+                       help="fetch that MobileSAM file from this mirror instead (still verified) "
+                            f"[env LABEL_ANYTHING_DOWNLOAD_URL; default: {CHECKPOINTS[FIRST_RUN_CHECKPOINT].url}]")
     p.set_defaults(func=cmd_up)
     return p
 

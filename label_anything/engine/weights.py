@@ -131,6 +131,15 @@ def missing_checkpoint_message(spec: CheckpointSpec, cache_dir: Path | None = No
     )
 
 
+class DownloadError(CheckpointError):
+    """A download that failed. The message says what happened and what to do; ``reason`` says only what
+    happened, in a few words (``label-anything up`` adds its own advice: it goes on without the file)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 ProgressFactory = Callable[[int, str], "ProgressBar"]
 
 
@@ -177,9 +186,10 @@ def download(
     try:
         with httpx.stream("GET", source, follow_redirects=True, timeout=timeout) as response:
             if response.status_code != 200:
-                raise CheckpointError(
+                raise DownloadError(
                     f"downloading {spec.filename} from {source} failed with HTTP {response.status_code}; "
-                    f"download it by other means and pass it with --checkpoint FILE"
+                    f"download it by other means and pass it with --checkpoint FILE",
+                    f"{source} answered HTTP {response.status_code}",
                 )
             with part.open("wb") as out:
                 for chunk in response.iter_bytes(1 << 20):
@@ -190,10 +200,11 @@ def download(
                         bar.update(len(chunk))
     except httpx.HTTPError as exc:
         part.unlink(missing_ok=True)
-        raise CheckpointError(
+        raise DownloadError(
             f"cannot download {spec.filename} from {source} ({type(exc).__name__}: {exc}): the connection "
             "failed or was cut off; try again, or download the file by other means and pass it with "
-            "--checkpoint FILE"
+            "--checkpoint FILE",
+            f"the connection to {source} failed or was cut off ({type(exc).__name__}: {exc})",
         ) from None
     except BaseException:
         part.unlink(missing_ok=True)
@@ -203,10 +214,12 @@ def download(
             bar.close()
     if received != spec.size or h.hexdigest() != spec.sha256:
         part.unlink(missing_ok=True)
-        raise CheckpointError(
-            f"downloaded {spec.filename} from {source} is corrupt ({received} bytes, sha256 "
-            f"{h.hexdigest()[:12]}…; expected {spec.size} bytes, {spec.sha256[:12]}…); try again, or "
-            f"download it by other means and pass it with --checkpoint FILE"
+        detail = (f"{received} bytes, sha256 {h.hexdigest()[:12]}…; expected {spec.size} bytes, "
+                  f"{spec.sha256[:12]}…")
+        raise DownloadError(
+            f"downloaded {spec.filename} from {source} is corrupt ({detail}); try again, or "
+            f"download it by other means and pass it with --checkpoint FILE",
+            f"the file from {source} is corrupt ({detail})",
         )
     os.replace(part, target)
     return target

@@ -28,13 +28,16 @@ def percent_to_pixels(value: Any, size: Any) -> Any:
     return float(value) * size / 100.0
 
 
-def pixels_to_percent(value: float, size: int) -> float:
-    """Pixels → Label Studio percent of ``size`` (inverse of ``percent_to_pixels``).
+def pixels_to_percent(value: float | np.ndarray, size: int) -> float | np.ndarray:
+    """Pixels → Label Studio percent of ``size`` (inverse of ``percent_to_pixels``); arrays element-wise,
+    with the same float64 arithmetic as a scalar.
 
-    >>> pixels_to_percent(320, 640)
-    50.0
+    >>> pixels_to_percent(320, 640), pixels_to_percent(np.array([0, 160]), 640).tolist()
+    (50.0, [0.0, 25.0])
     """
-    return float(value) * 100.0 / size
+    if np.ndim(value) == 0:
+        return float(value) * 100.0 / size
+    return np.asarray(value, dtype=np.float64) * 100.0 / size
 
 
 def xyxy_to_xywh(xyxy: np.ndarray) -> np.ndarray:

@@ -16,8 +16,9 @@ from defusedxml.common import DefusedXmlException
 
 from label_anything.errors import LabelAnythingError
 
-OUTPUT_TYPES = ("brushlabels", "rectanglelabels", "polygonlabels")
-"""Control types this backend can answer with (lower-case, as in a result's ``type``)."""
+OUTPUT_TYPES = ("brushlabels", "bitmasklabels", "rectanglelabels", "polygonlabels")
+"""Control types this backend can answer with (lower-case, as in a result's ``type``). The mask goes to a
+``BrushLabels`` control (brush RLE) or, where the image has none, to a ``BitmaskLabels`` one (PNG data URL)."""
 
 
 class LabelConfigError(LabelAnythingError):
@@ -85,6 +86,9 @@ def parse_label_config(xml: str) -> LabelConfig:
         ...     '<BrushLabels name="b" toName="img"><Label value="cat"/></BrushLabels></View>')
         >>> cfg.image_key("img"), cfg.output_control("brushlabels", "img").labels
         ('photo', ('cat',))
+        >>> parse_label_config('<View><Image name="img" value="$photo"/><BitmaskLabels name="m" toName="img">'
+        ...     '<Label value="cat"/></BitmaskLabels></View>').output_control("bitmasklabels", "img").name
+        'm'
     """
     if not xml or not xml.strip():
         raise LabelConfigError("the label config is empty")

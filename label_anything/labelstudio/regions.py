@@ -1,6 +1,7 @@
 """Label Studio results → ``Region`` values in pixels, and one object per smart-click answer.
 
-Each result of ``brushlabels`` (``value.format == "rle"``), ``polygonlabels`` (points in percent) and
+Each result of ``brushlabels`` (``value.format == "rle"``), ``bitmasklabels`` (``value.imageDataURL``, a PNG
+of the image's size: see ``labelstudio.bitmask``), ``polygonlabels`` (points in percent) and
 ``rectanglelabels`` (percent) becomes a ``Region``; everything else is counted by reason in a ``Tally`` so
 that nothing is lost silently. Coordinates become pixel-edge coordinates (see ``label_anything.geometry.coords``):
 ``x_px = x% * original_width / 100`` (``geometry.coords.percent_to_pixels``).
@@ -19,22 +20,25 @@ from label_anything.geometry.coords import percent_to_pixels
 from label_anything.geometry.masks import polygons_to_mask
 from label_anything.geometry.polygons_clip import bounded_polygon
 from label_anything.imaging.decode import DEFAULT_MAX_PIXELS
+from label_anything.labelstudio.bitmask import BitmaskError, bitmask_decode
 from label_anything.labelstudio.results import answer_of
 from label_anything.labelstudio.rle import brush_rle_decode
 from label_anything.labelstudio.tally import Tally
 
-RegionKind = Literal["brush", "polygon", "rectangle"]
+RegionKind = Literal["brush", "bitmask", "polygon", "rectangle"]
 
 # Result types (and the label-less shape types that Label Studio pairs with a "labels" result of the same id).
 _KINDS: dict[str, RegionKind] = {
     "brushlabels": "brush",
     "brush": "brush",
+    "bitmasklabels": "bitmask",
+    "bitmask": "bitmask",
     "polygonlabels": "polygon",
     "polygon": "polygon",
     "rectanglelabels": "rectangle",
     "rectangle": "rectangle",
 }
-_LABEL_KEYS = ("brushlabels", "polygonlabels", "rectanglelabels", "labels")
+_LABEL_KEYS = ("brushlabels", "bitmasklabels", "polygonlabels", "rectanglelabels", "labels")
 # A region's mask is H × W bools: past this an export could make one region allocate any amount of memory.
 MAX_REGION_PIXELS = DEFAULT_MAX_PIXELS
 
@@ -45,10 +49,10 @@ class Region:
 
     Attributes:
         label: the class name.
-        kind: what the annotator drew: ``brush``, ``polygon`` or ``rectangle``.
+        kind: what the annotator drew: ``brush``, ``bitmask``, ``polygon`` or ``rectangle``.
         width: W of the image (``original_width``).
         height: H of the image (``original_height``).
-        mask: (H, W) bool for brush regions, else None.
+        mask: (H, W) bool for brush and bitmask regions, else None.
         polygons: (K, 2) float64 xy pixel-edge coordinates, clipped to the image: the drawn polygon, the
             parts of one smart-click answer, or a rectangle's corners with ``--boxes-as-masks``.
         box: (4,) float64 ``x0, y0, x1, y1`` for rectangle regions (the bounds of the rotated box), else None.
@@ -79,7 +83,8 @@ class Region:
         return replace(self, polygons=(bounded_polygon(self.corners, self.width, self.height),))
 
     def to_mask(self) -> np.ndarray:
-        """The region as a (H, W) bool mask: brush as painted, polygons rasterized as pycocotools does."""
+        """The region as a (H, W) bool mask: brush or bitmask as painted, polygons rasterized as pycocotools
+        does."""
         if self.mask is not None:
             return self.mask
         if self.polygons:
@@ -221,9 +226,12 @@ def _parse_region(result: dict[str, Any], labels: list[str], tally: Tally, where
     if isinstance(size, str):
         tally.drop(f"{kind} region {size}", where)
         return None
-    parse = {"brush": _brush, "polygon": _polygon, "rectangle": _rectangle}[kind]
+    parse = {"brush": _brush, "bitmask": _bitmask, "polygon": _polygon, "rectangle": _rectangle}[kind]
     try:
         region = parse(value, labels[0], *size)
+    except BitmaskError as exc:
+        tally.drop(exc.reason, f"{where}: {exc}")
+        return None
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         reason = "brush RLE that does not decode" if kind == "brush" else f"malformed {kind} region"
         tally.drop(reason, f"{where}: {exc}")
@@ -242,6 +250,15 @@ def _brush(value: dict[str, Any], label: str, w: int, h: int) -> Region | str:
     if not mask.any():
         return "empty brush mask"
     return Region(label, "brush", w, h, mask=mask)
+
+
+def _bitmask(value: dict[str, Any], label: str, w: int, h: int) -> Region | str:
+    if "imageDataURL" not in value:
+        return "bitmask region without an imageDataURL"
+    mask = bitmask_decode(value["imageDataURL"], h, w)
+    if not mask.any():
+        return "empty bitmask mask"
+    return Region(label, "bitmask", w, h, mask=mask)
 
 
 def _polygon(value: dict[str, Any], label: str, w: int, h: int) -> Region | str:
@@ -287,8 +304,8 @@ def merge_suggestion_duplicates(regions: list[Region], tally: Tally) -> list[Reg
 
     With ``--out-bbox`` / ``--out-poly`` the backend answers one click with a brush mask, its box and its
     polygons (one per part), their ids sharing the answer's id (``results.answer_of``). Of one answer and one
-    label: the brush mask is the object (its box and polygons are counted as skipped); without a brush, its
-    polygons are the parts of one object; a box alone stays a box. Regions of no answer (drawn by hand,
+    label: the brush (or bitmask) mask is the object (its box and polygons are counted as skipped); without a
+    mask, its polygons are the parts of one object; a box alone stays a box. Regions of no answer (drawn by hand,
     or exported by an older version) are never merged: two shapes that look alike may be two objects.
     """
     groups: dict[tuple[str, str, int, int], list[Region]] = {}
@@ -307,15 +324,16 @@ def merge_suggestion_duplicates(regions: list[Region], tally: Tally) -> list[Reg
 
 
 def _one_object(group: list[Region], tally: Tally) -> list[Region]:
-    brushes = [r for r in group if r.kind == "brush" and r.mask is not None]
+    brushes = [r for r in group if r.kind in ("brush", "bitmask") and r.mask is not None]
     polygons = [r for r in group if r.kind == "polygon"]
     boxes = [r for r in group if r.kind == "rectangle"]
     if not brushes and not polygons:
         return boxes
     tally.skip("box of a smart-click answer that has a mask (one object)", n=len(boxes))
     if brushes:
-        tally.skip("polygon of a smart-click answer that has a brush mask (one object)", n=len(polygons))
-        tally.skip("brush mask joined to the other masks of its smart-click answer", n=len(brushes) - 1)
+        kind = "brush" if any(r.kind == "brush" for r in brushes) else "bitmask"
+        tally.skip(f"polygon of a smart-click answer that has a {kind} mask (one object)", n=len(polygons))
+        tally.skip(f"{kind} mask joined to the other masks of its smart-click answer", n=len(brushes) - 1)
         if len(brushes) == 1:
             return brushes
         return [replace(brushes[0], mask=np.logical_or.reduce([b.mask for b in brushes]))]

@@ -13,11 +13,13 @@ import binascii
 import contextlib
 import logging
 import secrets
+from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from label_anything import __version__
@@ -26,6 +28,7 @@ from label_anything.errors import LabelAnythingError, PromptError
 from label_anything.imaging.fetch import AccessDeniedError
 from label_anything.labelstudio.config import LabelConfigError
 from label_anything.labelstudio.context import ContextError
+from label_anything.labelstudio.request_body import parse_request_body
 from label_anything.labelstudio.results import OutputError
 
 __all__ = ["create_app"]
@@ -45,8 +48,19 @@ def _status_of(exc: LabelAnythingError) -> int:
     return 422  # ImageError and the rest: well-formed request, content we cannot use
 
 
+class _JSON(JSONResponse):
+    """A JSON response rendered by orjson: an answer's brush RLE is up to hundreds of thousands of
+    integers, ~15 ms in ``json.dumps`` for a fragmented 1024 x 768 mask, ~2 ms here."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except TypeError:  # an integer beyond 64 bits: the standard encoder takes anything JSON can hold
+            return super().render(content)
+
+
 def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+    return _JSON({"error": message, "status": status}, status_code=status)
 
 
 def _authorized(request: Request, basic_auth: tuple[str, str] | None) -> bool:
@@ -90,17 +104,20 @@ def create_app(backend: Backend) -> Starlette:
 
         return endpoint
 
-    async def json_body(request: Request) -> dict:
+    def parsed(raw: bytes) -> dict:
         try:
-            body = await request.json()
+            body = parse_request_body(raw)
         except ValueError:
             raise RequestError("the request body is not JSON") from None
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
         return body
 
+    async def json_body(request: Request) -> dict:
+        return parsed(await request.body())
+
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse(
+        return _JSON(
             {
                 "status": "UP",
                 "model_class": "LabelAnything",
@@ -110,12 +127,15 @@ def create_app(backend: Backend) -> Starlette:
         )
 
     async def setup(request: Request) -> JSONResponse:
-        return JSONResponse(backend.setup(await json_body(request)))
+        return _JSON(backend.setup(await json_body(request)))
 
-    async def predict(request: Request) -> JSONResponse:
-        body = await json_body(request)
-        # model work blocks: a worker thread keeps the event loop (and /health) responsive
-        return JSONResponse(await run_in_threadpool(backend.predict, body))
+    def answer(raw: bytes) -> Response:
+        return _JSON(backend.predict(parsed(raw)))
+
+    async def predict(request: Request) -> Response:
+        # Parsing megabytes of task, the model work and rendering the answer all block: a worker thread
+        # keeps the event loop (and /health) responsive.
+        return await run_in_threadpool(answer, await request.body())
 
     async def webhook(request: Request) -> JSONResponse:
         body = await json_body(request)
@@ -125,10 +145,10 @@ def create_app(backend: Backend) -> Starlette:
             log.info("webhook START_TRAINING: this backend does not train; nothing to do")
         else:
             log.debug("webhook %s: ignored", str(action)[:64])
-        return JSONResponse({"status": "ok", "action": action if isinstance(action, str) else None})
+        return _JSON({"status": "ok", "action": action if isinstance(action, str) else None})
 
     async def versions(request: Request) -> JSONResponse:
-        return JSONResponse({"versions": [backend.model_version]})
+        return _JSON({"versions": [backend.model_version]})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):

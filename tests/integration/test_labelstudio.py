@@ -180,7 +180,7 @@ def test_annotation_from_suggestion_is_exported(label_studio, start_backend, pro
 
 def exact_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """What the backend's polygons must be at tolerance 0 and min area 0, caps included."""
-    from label_anything.geometry.masks import mask_to_polygons
+    from label_anything.geometry.polygons import mask_to_polygons
     from label_anything.labelstudio.results import MAX_POLYGON_HOLES, MAX_POLYGON_PARTS
 
     return mask_to_polygons(mask, tolerance=0, min_area=0, max_parts=MAX_POLYGON_PARTS, max_holes=MAX_POLYGON_HOLES)

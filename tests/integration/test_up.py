@@ -1,11 +1,14 @@
 """``label-anything up`` end to end: a real Label Studio and backend as its children, checked through REST.
 
 Two Label Studio starts (first run, rerun) in one test, so the module costs about two minutes; the
-error cases return before anything is started.
+error cases return before anything is started. The first-run download of MobileSAM is tested in
+``tests/test_up_first_run.py``; here the first run meets a model host (on loopback) serving a corrupt file,
+and goes on with ``classical``.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import queue
@@ -113,6 +116,31 @@ def test_missing_label_studio_is_one_line_error(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and "pip install 'label-anything[labelstudio]'" in err, err
 
 
+@pytest.fixture()
+def corrupt_model_host():
+    """A loopback server answering every GET with a few bytes that are not MobileSAM; yields its URL and the
+    list of paths asked for."""
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            body = b"not a checkpoint"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/mobile_sam.pt", requests
+    server.shutdown()
+    server.server_close()
+
+
 def check_project(data_dir: Path, ls_port: int, backend_port: int, n_tasks: int) -> int:
     """REST: one project for the folder with ``n_tasks`` local-files tasks and our backend Connected."""
     creds = json.loads((data_dir / "credentials.json").read_text())
@@ -133,17 +161,19 @@ def check_project(data_dir: Path, ls_port: int, backend_port: int, n_tasks: int)
 
 
 @pytest.mark.skipif(not label_studio_installed(), reason="label-studio is not installed")
-def test_up_provisions_reruns_and_stops(tmp_path):
+def test_up_provisions_reruns_and_stops(tmp_path, corrupt_model_host):
     images = tmp_path / "photos"
     write_image(images / "chelsea.jpg")
     write_image(images / "sub" / "coffee.png", "coffee")
     (images / "notes.txt").write_text("not an image")
     data_dir = tmp_path / "data"
     ls_port, backend_port = free_port(), free_port()
-    args = ("--images", str(images), "--labels", "cat,person", "--model-name", "classical", "--port", str(ls_port),
-            "--backend-port", str(backend_port), "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"))
+    url, requests = corrupt_model_host
+    # --model-name auto (the default) and an empty cache: a first run, which tries to download MobileSAM
+    args = ("--images", str(images), "--labels", "cat,person", "--port", str(ls_port), "--backend-port",
+            str(backend_port), "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"))
 
-    first = UpRun(*args, cwd=tmp_path)
+    first = UpRun(*args, "--download-url", url, cwd=tmp_path)
     try:
         started = time.monotonic()
         ready = first.wait_for("ready")
@@ -151,7 +181,9 @@ def test_up_provisions_reruns_and_stops(tmp_path):
         assert f"http://localhost:{ls_port}/projects/" in ready
         first.wait_for("Ctrl+C")  # the login lines follow the ready line
         assert any(line.startswith("log in as admin@example.com with password") for line in first.lines)
-        assert any("classical" in line for line in first.lines)
+        (why,) = [line for line in first.lines if "classical" in line and "download" in line]
+        assert "could not download MobileSAM" in why and "is corrupt" in why and url in why, why
+        assert "classical" in ready and requests == ["/mobile_sam.pt"]  # the backend runs GrabCut
         project_id = check_project(data_dir, ls_port, backend_port, n_tasks=2)
         assert first.interrupt() == 0
     finally:
@@ -160,10 +192,12 @@ def test_up_provisions_reruns_and_stops(tmp_path):
     assert not port_in_use(ls_port) and not port_in_use(backend_port)
 
     write_image(images / "astronaut.jpg", "astronaut")
-    second = UpRun(*args, cwd=tmp_path)
+    second = UpRun(*args, "--download-url", url, "--no-download", cwd=tmp_path)
     try:
         started = time.monotonic()
-        second.wait_for("ready")
+        ready = second.wait_for("ready")
+        assert any("--no-download" in line and "classical" in line for line in second.lines), second.lines
+        assert "classical" in ready and requests == ["/mobile_sam.pt"]  # not asked again
         print(f"second up → ready: {time.monotonic() - started:.0f} s")
         assert check_project(data_dir, ls_port, backend_port, n_tasks=3) == project_id
         second.proc.send_signal(signal.SIGTERM)

@@ -35,10 +35,10 @@ from label_anything.errors import ImageError, LabelAnythingError
 from label_anything.geometry.masks import (
     mask_area,
     mask_to_coco_rle,
-    mask_to_polygons,
     polygons_to_coco,
     polygons_to_mask,
 )
+from label_anything.geometry.polygons import mask_to_polygons
 from label_anything.imaging.decode import decode_image
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,11 @@ from label_anything.app.atomic import atomic_open
 from label_anything.geometry.masks import (
     mask_area,
     mask_to_coco_rle,
-    mask_to_polygons,
     mask_to_xyxy,
     polygons_to_coco,
     xyxy_to_xywh,
 )
+from label_anything.geometry.polygons import mask_to_polygons
 from label_anything.labelstudio.regions import Region
 
 CocoMode = Literal["rle", "polygon"]

@@ -4,6 +4,8 @@ The configs are self-contained (no ``_base_``), so ``mmengine.Config.fromfile`` 
 MMDetection source tree, and every value a user may want to change is in one file. Model and schedule
 follow the upstream configs ``mask-rcnn_r50_fpn_1x_coco.py`` and ``rtmdet-ins_s_8xb32-300e_coco.py``,
 fine-tuned from their COCO checkpoints (``load_from``), with batch size and learning rate set for one GPU.
+Offline, ``--cfg-options load_from=None model.backbone.init_cfg=None`` trains from scratch instead (what
+``tests/trainers/test_mmdetection.py`` runs through mmdet's own ``tools/train.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from label_anything.errors import LabelAnythingError
 
 _HEADER = '''# MMDetection 3.x config written by `label-anything convert`.
 # Train:  python tools/train.py ${config_name}      (from an MMDetection checkout)
+# Offline (no COCO checkpoint to fine-tune from, no ImageNet backbone download): train from scratch with
+#   --cfg-options load_from=None model.backbone.init_cfg=None
 # Classes (category ids 1..${num_classes} in the COCO files):
 classes = ${classes}
 num_classes = ${num_classes}

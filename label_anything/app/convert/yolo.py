@@ -22,17 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from label_anything.app.atomic import write_text_atomic
-from label_anything.geometry.masks import mask_to_polygons, splice_ring
+from label_anything.geometry.polygons import mask_to_polygons, splice_rings
 from label_anything.geometry.polygons_clip import clip_polygon
 from label_anything.labelstudio.regions import Region
 
 
 def merge_polygons(polygons: Sequence[np.ndarray]) -> np.ndarray:
-    """Join polygons (K_i, 2) into one ring, each next part attached to the ring built so far."""
-    ring = np.asarray(polygons[0], dtype=np.float64)
-    for other in polygons[1:]:
-        ring = splice_ring(ring, np.asarray(other, dtype=np.float64))
-    return ring
+    """Join polygons (K_i, 2) into one ring, every other part attached to the first by a zero-width cut."""
+    return splice_rings(polygons[0], polygons[1:])
 
 
 def region_to_yolo(region: Region, class_index: int, *, tolerance: float = 1.0) -> str | None:
