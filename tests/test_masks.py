@@ -367,3 +367,26 @@ def test_speckle_is_cleaned_first_with_the_same_answer(monkeypatch) -> None:
     slow = mask_to_polygons(mask, tolerance=0, min_area=6)
     assert np.array_equal(polygons_to_mask(fast, *mask.shape), polygons_to_mask(slow, *mask.shape))
     assert len(fast) == len(slow)
+
+
+def test_speckle_with_every_part_below_min_area_has_no_polygons() -> None:
+    # Removed before tracing, nothing is left to trace: an empty answer, not an error.
+    mask = np.random.default_rng(6).random((64, 64)) < 0.3
+    assert polygons._looks_speckled(mask)
+    assert mask_to_polygons(mask, min_area=10_000) == []
+    assert mask_to_polygon_parts(mask, min_area=10_000, max_parts=3, max_holes=2) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks_2d, st.sampled_from([2, 5, 16, 1000]), st.sampled_from([None, 1, 3]), st.sampled_from([0.0, 1.0]))
+def test_removing_specks_first_never_changes_the_answer(mask, min_area, cap, tolerance) -> None:
+    """Any mask (random ones are mostly speckle), any minimum area and caps: the same rasterized answer with
+    and without the labelling passes before tracing, and never an error."""
+    kwargs = {"tolerance": tolerance, "min_area": min_area, "max_parts": cap, "max_holes": cap}
+    fast = mask_to_polygons(mask, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(polygons, "_looks_speckled", lambda crop: False)
+        slow = mask_to_polygons(mask, **kwargs)
+    h, w = mask.shape
+    assert len(fast) == len(slow)
+    assert np.array_equal(polygons_to_mask(fast, h, w), polygons_to_mask(slow, h, w))

@@ -98,3 +98,38 @@ def test_docstring_examples_run() -> None:
 def test_integers_beyond_64_bits_still_parse() -> None:
     # orjson would read it as a float; a task id is whatever the client sent.
     assert parse_request_body(b'{"tasks": [{"id": 18446744073709551617}]}') == {"tasks": [{"id": 2**64 + 1}]}
+
+
+class CountingBytes(bytes):
+    """Bytes that count how many bytes ``find`` scans and slicing copies (the work of ``without_brush_rle``)."""
+
+    work = 0
+
+    def find(self, sub, start=None, end=None):
+        start = 0 if start is None else start
+        found = super().find(sub, start, end)
+        CountingBytes.work += (found if found != -1 else (len(self) if end is None else end)) - start
+        return found
+
+    def __getitem__(self, key):
+        part = super().__getitem__(key)
+        CountingBytes.work += len(part) if isinstance(part, bytes) else 1
+        return part
+
+
+@pytest.mark.parametrize("body", [
+    b'{"a": ' + b'{"rle": [' * 20_000 + b"1" + b"]}" * 20_000 + b"}",  # nested: each key's first "]" is far
+    b'{"rle": [1, ' * 20_000,  # malformed: lists never closed
+    b'[' + b'{"rle": [1, 2, "x"]}, ' * 20_000 + b"1]",  # lists that are not lists of integers
+    b'{"rle": [' + b"1, " * 100_000 + b'"rle": [' * 10_000,  # a long integer run, then keys, no "]"
+], ids=["nested", "unclosed", "not-integers", "long-run-unclosed"])
+def test_work_is_linear_in_the_body_whatever_its_keys(body) -> None:
+    CountingBytes.work = 0
+    out = without_brush_rle(CountingBytes(body))
+    assert CountingBytes.work <= 6 * len(body) + 1000, (CountingBytes.work, len(body))
+    assert len(out) <= len(body)
+
+
+def test_nesting_too_deep_is_refused_as_not_json() -> None:
+    with pytest.raises(ValueError, match="nests too deep"):
+        parse_request_body(b"[" * 200_000 + b"]" * 200_000)

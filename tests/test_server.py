@@ -395,6 +395,8 @@ def _error(response, status: int) -> str:
 
 def test_bad_bodies_and_images(client, task):
     assert _error(client.post("/predict", content=b"{not json"), 400) == "the request body is not JSON"
+    deep = b"[" * 200_000 + b"]" * 200_000  # beyond the parser's recursion limit: a 400, not a 500
+    assert _error(client.post("/predict", content=deep), 400) == "the request body is not JSON"
     assert _error(client.post("/predict", json=[1]), 400) == "the request body must be a JSON object"
     assert "'tasks' must be a non-empty list" in _error(client.post("/predict", json={"tasks": []}), 400)
     no_config = client.post("/predict", json={"tasks": [task], "params": {"context": {"result": []}}})

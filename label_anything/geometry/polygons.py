@@ -239,6 +239,8 @@ def mask_to_polygon_parts(
         crop = _without_specks(crop, min_area)
     grid = _crack_grid(crop)
     contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    if not contours:  # speckle whose every part was below min_area, removed before tracing
+        return []
     links = hierarchy[0]  # per contour: next sibling, previous sibling, first child, parent
     # RETR_CCOMP: top-level contours are outer rings, and the children of each are its holes. Every ring is
     # measured first (vectorised); only the kept ones are built, so specks and pinholes cost next to nothing.

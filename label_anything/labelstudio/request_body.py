@@ -48,6 +48,10 @@ def without_brush_rle(raw: bytes) -> bytes:
     """
     pieces: list[bytes] = []
     kept = 0
+    # Every byte is looked at a bounded number of times, whatever the body (nested or malformed "rle" keys):
+    # the first "]" after a list is found once and reused by the keys before it, and a list is checked for
+    # anything but integers only up to its first quote, which ends the part that no other key shares.
+    closing = -1
     at = raw.find(_KEY)
     while at != -1:
         after = at + len(_KEY)
@@ -55,11 +59,17 @@ def without_brush_rle(raw: bytes) -> bytes:
         if colon < len(raw) and raw[colon] == ord(":") and _is_key(raw, at):
             start = _skip_space(raw, colon + 1)
             if start < len(raw) and raw[start] == ord("["):
-                end = raw.find(b"]", start)
-                if end != -1 and not raw[start + 1 : end].translate(None, _RLE_BYTES):
+                if start >= closing:
+                    found = raw.find(b"]", start)
+                    closing = found if found != -1 else len(raw)
+                if (
+                    closing < len(raw)
+                    and raw.find(b'"', start, closing) == -1
+                    and not raw[start + 1 : closing].translate(None, _RLE_BYTES)
+                ):
                     pieces.append(raw[kept : start + 1])
-                    kept = end
-                    after = end
+                    kept = closing
+                    after = closing
         at = raw.find(_KEY, after)
     if not pieces:
         return raw
@@ -71,8 +81,11 @@ def parse_request_body(raw: bytes) -> Any:
     """``raw`` parsed as JSON, brush RLE lists emptied (see the module docstring).
 
     Raises:
-        ValueError: ``raw`` is not JSON or not UTF-8.
+        ValueError: ``raw`` is not JSON or not UTF-8, or nests deeper than the parser's recursion limit.
     """
     # The standard parser, not orjson: orjson reads an integer beyond 64 bits (a task id is whatever the
     # client sent) as a float, silently. With the RLE gone the body is small: ~1 ms either way.
-    return json.loads(without_brush_rle(raw))
+    try:
+        return json.loads(without_brush_rle(raw))
+    except RecursionError:
+        raise ValueError("the JSON nests too deep") from None
