@@ -371,7 +371,7 @@ class EmbeddingCache:
         """Remove the least recently used files until the folder fits ``disk.max_bytes``."""
         with self._disk_lock:
             files = []
-            for path in disk.root.glob("*/*.npz"):
+            for path in _entry_files(disk.root):
                 try:
                     st = path.stat()
                 except OSError:  # removed meanwhile (another process evicting, or the folder went away)
@@ -409,6 +409,31 @@ def _checked_disk(disk: _DiskLevel) -> _DiskLevel | None:
                     disk.root, exc.strerror or exc)
         return None
     return disk
+
+
+def _entry_files(root: Path) -> list[Path]:
+    """The ``<model>/<digest>.npz`` files under ``root``; a folder removed or replaced while it is listed
+    (by another process, or by a user) is skipped, where ``Path.glob`` would raise FileNotFoundError."""
+    try:
+        with os.scandir(root) as it:
+            folders = [entry.path for entry in it if _is_dir(entry)]
+    except OSError:
+        return []
+    files = []
+    for folder in folders:
+        try:
+            with os.scandir(folder) as it:
+                files.extend(Path(entry.path) for entry in it if entry.name.endswith(".npz"))
+        except OSError:
+            continue
+    return files
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _is_file(path: Path) -> bool:
