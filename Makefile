@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3.12 ...'"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[labelstudio,onnx,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[labelstudio,onnx,sam3,dev]'
 	touch $(STAMP)
 
 # Chromium for the browser tests (Debian's package; Playwright drives it, no browser download).

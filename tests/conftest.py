@@ -195,3 +195,65 @@ def backend_client(mobile_sam_model):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+# -- SAM 3 ---------------------------------------------------------------------------------------------
+# Building a random SAM 3 checkpoint takes ~25 s and 3.4 GB, loading it ~7 s, one encode ~30-50 s on 2 CPU
+# cores: the checkpoint is kept under build/ between runs (keyed by the sam3 version and the seed), and
+# one session encodes chelsea once for every SAM 3 test. Tests that start a server or a CLI process pass
+# ``sam3_cache_dir`` as --cache-dir, where that embedding already is, so they do not encode again.
+SAM3_CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "build" / "test-checkpoints"
+
+
+@pytest.fixture(scope="session")
+def sam3_checkpoint() -> Path:
+    """Path of a seeded random-weight SAM 3 checkpoint in the official ``sam3.pt`` layout."""
+    import fcntl
+
+    from label_anything.engine.sam3 import sam3_package
+    from label_anything.errors import LabelAnythingError
+    from label_anything.testing.sam3_checkpoint import build_random_sam3_checkpoint
+
+    try:
+        sam3 = sam3_package()  # imported as the product imports it (its import-time warnings silenced)
+    except LabelAnythingError as exc:
+        pytest.skip(str(exc))
+
+    version = getattr(sam3, "__version__", "0")
+    path = SAM3_CHECKPOINT_DIR / f"random-sam3-{version}-seed0.pt"
+    SAM3_CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
+    with open(SAM3_CHECKPOINT_DIR / ".sam3.lock", "w") as lock:  # two test processes build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            build_random_sam3_checkpoint(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sam3_model(sam3_checkpoint):
+    """SAM 3 with random weights on CPU, loaded through the normal ``load_model`` path."""
+    from label_anything.engine import load_model
+
+    return load_model("sam3", checkpoint=sam3_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sam3_chelsea_embedding(sam3_model, chelsea):
+    """``chelsea`` encoded once by ``sam3_model`` (float32, as encode returns it)."""
+    from label_anything.engine import encode
+    from label_anything.imaging.decode import image_digest
+
+    return encode(sam3_model, chelsea, image_digest(chelsea))
+
+
+@pytest.fixture(scope="session")
+def sam3_cache_dir(tmp_path_factory, sam3_model, sam3_chelsea_embedding) -> Path:
+    """A --cache-dir whose embedding cache already holds chelsea's SAM 3 embedding (as serve stores it)."""
+    from label_anything.engine.cache import EmbeddingCache, cache_key
+
+    folder = tmp_path_factory.mktemp("sam3-cache")
+    cache = EmbeddingCache(disk_dir=folder / "embeddings", max_disk_bytes=2**31)
+    key = cache_key(sam3_model.info.model_id, sam3_chelsea_embedding.image_digest)
+    cache.put(key, sam3_chelsea_embedding)
+    assert (folder / "embeddings").is_dir()
+    return folder

@@ -47,6 +47,8 @@ def _typed_env_options() -> list[tuple[str, str, str]]:
             match = re.search(r"\[env ([A-Z0-9_]+)", action.help or "")
             if not match:
                 continue
+            if match.group(1) == "LABEL_ANYTHING_CONCEPTS":  # any word is a label name; see test_concepts_backend
+                continue
             checks = action.type not in (None, str) and getattr(action.type, "__name__", "") != "Path"
             if checks or action.choices or isinstance(action, argparse.BooleanOptionalAction):
                 found.append((name, match.group(1), action.option_strings[0]))

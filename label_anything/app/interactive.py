@@ -2,12 +2,14 @@
 
 One click = fetch the image (cached) → embedding (cached, or computed once) → decode → regions. Opening a
 task (``/predict`` without context) starts encoding its image in the background so the first click does not
-pay the encoder; "Retrieve predictions" on tasks that hold rectangles answers one mask per rectangle.
+pay the encoder; "Retrieve predictions" on tasks that hold rectangles answers one mask per rectangle. With SAM 3,
+a typed concept, a smart rectangle of an exemplar label and a ``/predict`` without context on a task without
+rectangles answer every instance instead (``app.concepts``).
 
 Coordinates: request and answer bodies are Label Studio JSON, positions in percent (0–100) of the image's
 ``original_width`` / ``original_height``; everything between ``parse_context`` and ``mask_results`` is in
 pixels of that image (EXIF orientation applied, x right, y down, origin top-left). Images are (H, W, 3) uint8
-RGB, masks (H, W) bool, low-res logits (1, 256, 256) float32.
+RGB, masks (H, W) bool, low-res logits (1, 256, 256) float32 ((1, 288, 288) for SAM 3).
 
 No HTTP here (``label_anything.server.http`` maps ``RequestError`` and the other ``LabelAnythingError``
 subclasses to status codes) and no argparse (``label_anything.cli.serve`` builds a ``Backend`` from options).
@@ -25,12 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from label_anything.app.concepts import ConceptAnswers, ConceptOptions
 from label_anything.app.refine import RefineMemory
 from label_anything.engine import Prompt, SegmentationModel, decode, encode
 from label_anything.engine.cache import EmbeddingCache, cache_key
 from label_anything.engine.types import Embedding
 from label_anything.errors import ImageError, LabelAnythingError, PromptError
 from label_anything.imaging.fetch import ImageFetcher
+from label_anything.labelstudio.concepts import parse_typed_concept
 from label_anything.labelstudio.config import LabelConfig, parse_label_config
 from label_anything.labelstudio.context import Click, ContextError, parse_context
 from label_anything.labelstudio.results import OutputError, OutputOptions, mask_results, output_controls
@@ -63,7 +67,9 @@ class ServeOptions:
             task that holds rectangles with one mask per rectangle, under its label.
         boxes_seconds: stop starting new tasks of one such request after this long, answering the rest
             with no prediction (a rerun of "Retrieve predictions" picks them up): Label Studio sends the
-            whole selection in one request and drops every answer after ML_TIMEOUT_PREDICT (100 s).
+            whole selection in one request and drops every answer after ML_TIMEOUT_PREDICT (100 s). Tasks
+            answered with their labels' instances (SAM 3, ``concepts.label_concepts``) count the same way.
+        concepts: SAM 3's concept prompts: threshold, label names as concepts, label → phrases.
     """
 
     outputs: OutputOptions = field(default_factory=OutputOptions)
@@ -72,6 +78,7 @@ class ServeOptions:
     prefetch: bool = True
     boxes_to_masks: bool = True
     boxes_seconds: float = 60.0
+    concepts: ConceptOptions = field(default_factory=ConceptOptions)
 
 
 def click_prompt(click: Click, mask_logits: np.ndarray | None = None) -> Prompt:
@@ -80,7 +87,8 @@ def click_prompt(click: Click, mask_logits: np.ndarray | None = None) -> Prompt:
     Args:
         click: points (N, 2) float32 xy pixels with labels (N,) int32 (1 positive, 0 negative) and/or a box
             (4,) float32 ``x0, y0, x1, y1`` pixels, as ``parse_context`` returns them.
-        mask_logits: (1, 256, 256) float32 low-res logits of a previous answer to refine, or None.
+        mask_logits: (1, S, S) float32 low-res logits of a previous answer of the same model to refine (S = 256,
+            288 for SAM 3), or None.
 
     Raises PromptError for a prompt the engine cannot take (``parse_context`` already refuses those).
     """
@@ -118,6 +126,8 @@ class Backend:
         self._lock = threading.Lock()
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-anything-prefetch")
         self._pending: set[str] = set()
+        self.concepts = ConceptAnswers(model, self.options.outputs, self.options.concepts, self._task_image,
+                                       self._embedding)
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
@@ -169,7 +179,8 @@ class Backend:
         """Answer a ``/predict`` without context: "Retrieve predictions" on a selection, or a task opened.
 
         One item per task, in task order (Label Studio pairs them by position): a prediction with one mask
-        per rectangle the task already holds (``options.boxes_to_masks``), else ``[]``. Seen on Label Studio
+        per rectangle the task already holds (``options.boxes_to_masks``); else, with SAM 3, one with every
+        instance of every label (``ConceptAnswers.task_labels``); else ``[]``. Seen on Label Studio
         1.23.2: an item that is an empty list stores no prediction for its task and logs nothing, so the
         next opening of the task calls ``/predict`` again (our cue to encode its image in the background).
         An empty prediction instead is stored and shown as an empty "<model> 0.00%" tab, and the task is
@@ -179,25 +190,33 @@ class Backend:
         t0 = time.perf_counter()
         answers: list[dict | list] = []
         done = left = 0
+        labels = self.concepts.labels_as_concepts(config)
         for task in tasks:
             source, rectangles = task_rectangles(task) if self.options.boxes_to_masks else ("", [])
+            work = bool(rectangles) or labels  # boxes to masks first: the boxes say which objects are meant
             # at least one task per request, so even a slow model makes progress on every rerun
-            if rectangles and done and time.perf_counter() - t0 > self.options.boxes_seconds:
+            if work and done and time.perf_counter() - t0 > self.options.boxes_seconds:
                 left += 1
                 answers.append([])
+                if labels and not rectangles and self.options.prefetch:
+                    self._schedule_prefetch(task, config)  # the rerun finds its image encoded
                 continue
-            done += bool(rectangles)
-            answer = self._task_boxes_to_masks(task, config, source, rectangles) if rectangles else None
+            done += work
+            if rectangles:
+                answer = self._task_boxes_to_masks(task, config, source, rectangles)
+            else:
+                found = self.concepts.task_labels(task, config) if labels else None
+                answer = self._prediction(*found) if found is not None else None
             if answer is None:
-                # a task with boxes had its image fetched (and encoded) just now, or it failed to load
-                if self.options.prefetch and not rectangles:
+                # a task with work had its image fetched (and encoded) just now, or it failed to load
+                if self.options.prefetch and not work:
                     self._schedule_prefetch(task, config)
                 answers.append([])
             else:
                 answers.append(answer)
         if left:
             log.warning(
-                "%d task(s) with boxes left without masks after %.0f s (Label Studio gives up at 100 s); "
+                "%d task(s) left without predictions after %.0f s (Label Studio gives up at 100 s); "
                 "run 'Retrieve predictions' again for them",
                 left,
                 time.perf_counter() - t0,
@@ -271,11 +290,19 @@ class Backend:
         ``{"result": [region, ...], "score": float, "model_version": str}``, the regions in percent of the
         image under the clicked label, sharing one answer id; ``result`` is empty when every smart region was
         deleted or the mask is empty. Raises ImageError when the image's size is not the one Label Studio shows.
+
+        A phrase typed in a TextArea (``parse_typed_concept``) and a smart rectangle of an ``exemplar`` label
+        are answered by ``ConceptAnswers`` instead: every instance, one answer id each (SAM 3 only).
         """
         t0 = time.perf_counter()
+        typed = parse_typed_concept(context, config)
+        if typed is not None:
+            return self._prediction(*self.concepts.typed(task, config, typed))
         click = parse_context(context, config)
         if click is None:  # every smart region was deleted
             return self._prediction([], 0.0)
+        if click.box is not None and config.is_exemplar(click.to_name, click.from_name, click.label):
+            return self._prediction(*self.concepts.similar(task, config, click))
         controls = output_controls(config, click, self.options.outputs)
         task_id = task.get("id")
         image, digest = self._task_image(task, config, click.to_name)

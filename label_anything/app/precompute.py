@@ -142,6 +142,19 @@ def project_images(project_id: int, fetcher: ImageFetcher, page_size: int = 100)
     """Every image referenced by the tasks of a Label Studio project (all ``data`` values that are
     image references), fetched the way ``serve`` fetches them (``fetcher``: an ``ImageFetcher`` with
     Label Studio's URL and API key, allowed hosts and pixel limit)."""
+    for task_id, _, ref in project_image_refs(project_id, fetcher, page_size):
+
+        def load(ref: str = ref, tid: object = task_id) -> tuple[np.ndarray, str]:
+            return fetcher.fetch(ref, tid)
+
+        yield f"task {task_id}: {ref}", load
+
+
+def project_image_refs(project_id: int, fetcher: ImageFetcher, page_size: int = 100) -> Iterator[
+    tuple[Any, str, str]
+]:
+    """(task id, data key, image reference) of every image the project's tasks name, page after page, in
+    Label Studio's task order; nothing is fetched (``fetcher.fetch(ref, task_id)`` reads one)."""
     page = 1
     while True:
         body = _task_page(fetcher, project_id, page, page_size)
@@ -154,14 +167,9 @@ def project_images(project_id: int, fetcher: ImageFetcher, page_size: int = 100)
             data = task.get("data") if isinstance(task, dict) else None
             if not isinstance(data, dict):
                 continue
-            task_id = task.get("id")
-            for value in data.values():
+            for key, value in data.items():
                 if isinstance(value, str) and _looks_like_image(value):
-
-                    def load(ref: str = value, tid: object = task_id) -> tuple[np.ndarray, str]:
-                        return fetcher.fetch(ref, tid)
-
-                    yield f"task {task_id}: {value}", load
+                    yield task.get("id"), str(key), value
         if len(tasks) < page_size:
             return
         page += 1

@@ -2,7 +2,8 @@
 
 Label Studio re-sends every smart point of an object on each click. When a new context holds all the
 points of the previous one (same task, image, label and box) plus at least one new point, the previous
-answer's (1, 256, 256) logits go in as ``mask_logits``, as in SAM's own interactive demo. Anything else
+answer's low-res logits ((1, 256, 256); (1, 288, 288) for SAM 3, as the model returned them) go in as
+``mask_logits``, as in SAM's own interactive demo. Anything else
 (a point moved or deleted, another image) starts fresh. Bounded (LRU) and thread-safe: requests are
 served concurrently.
 """
@@ -26,7 +27,7 @@ class _Answer:
     image_digest: str
     points: frozenset[tuple[float, float, int]]
     box: tuple[float, ...] | None
-    logits: np.ndarray  # (1, 256, 256) float32
+    logits: np.ndarray  # (1, S, S) float32: S = 256, or 288 for SAM 3
 
 
 def _box_key(click: Click) -> tuple[float, ...] | None:
@@ -37,7 +38,7 @@ class RefineMemory:
     """LRU of the last answer per (task, image object, label).
 
     Args:
-        max_entries: answers kept (each holds 256 KiB of logits).
+        max_entries: answers kept (each holds 256 KiB of logits, 324 KiB for SAM 3).
     """
 
     def __init__(self, max_entries: int = 256) -> None:
@@ -49,7 +50,7 @@ class RefineMemory:
         return len(self._answers)
 
     def previous_logits(self, key: RefineKey, click: Click, image_digest: str) -> np.ndarray | None:
-        """(1, 256, 256) logits to refine with, or None when this click must start fresh."""
+        """(1, S, S) logits to refine with (the model's own size), or None when this click must start fresh."""
         with self._lock:
             answer = self._answers.get(key)
             if answer is not None:

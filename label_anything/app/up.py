@@ -204,6 +204,12 @@ def _download_first_checkpoint(spec: CheckpointSpec, options: UpOptions) -> Path
     return path
 
 
+def project_config(labels: list[str], model_name: str) -> str:
+    """The label config ``up`` gives the project: ``label_config(labels)``; for SAM 3 (``--model-name sam3``,
+    which ``auto`` never picks) with the TextArea to type a concept in (``CONCEPT_TEXTAREA``)."""
+    return label_config(labels, concept=model_name == "sam3")
+
+
 class _Stop:
     """SIGINT/SIGTERM set a flag instead of raising, so start-up and shutdown are never cut in half."""
 
@@ -242,9 +248,10 @@ def run_up(options: UpOptions) -> int:
         )
     given = options.labels or (DEMO_LABELS if options.demo else "object")
     labels = [s.strip() for s in given.split(",") if s.strip()]
-    config = label_config(labels)
+    label_config(labels)  # refuses no labels before anything starts
     _check_ports(options)
     options = prepare_model(options)  # before anything starts: a first run downloads MobileSAM here
+    config = project_config(labels, options.model_name)
     creds = load_credentials(data_dir, options.username, options.password, options.user_token)
 
     stop = _Stop()

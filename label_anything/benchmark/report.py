@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from label_anything.benchmark.sam3 import sam3_rows
+
 
 def _best_http(entry: dict) -> tuple[str, float]:
     runtimes = {k: v["p50_ms"] for k, v in entry.items() if isinstance(v, dict) and "p50_ms" in v}
@@ -74,6 +76,8 @@ def format_table(r: dict) -> str:
     for name, e in r.get("models", {}).items():
         rows.append((f"{name}: encoder 1024x768 / HTTP warm click p50",
                      f"{e['encoder']['p50_ms']:.0f} / {e['http_click_1024x768']['p50_ms']:.0f} ms"))
+    if "sam3" in r:
+        rows.extend(sam3_rows(r["sam3"]))
     rle = r["rle"]
     sdk = rle.get("label_studio_sdk")
     rows.append(("brush RLE 4000x3000 ours / label_studio_sdk",

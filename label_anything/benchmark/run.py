@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from label_anything.benchmark.report import ratios
+from label_anything.benchmark.sam3 import bench_sam3, sam3_available
 from label_anything.benchmark.sections import (
     OTHER_MODELS,
     bench_convert,
@@ -45,7 +46,8 @@ def run_bench(
     """Run every section; returns the JSON-able result. ``sizes`` / ``rle_size`` / ``heavy_size``: smaller in
     tests.
 
-    ``models``: names from ``OTHER_MODELS`` to measure beside MobileSAM; None = all of them (none when quick).
+    ``models``: names from ``OTHER_MODELS`` and ``sam3`` to measure beside MobileSAM; None = all of them (SAM 3
+    when its package is installed; none when quick).
     """
     import torch
 
@@ -101,11 +103,15 @@ def run_bench(
             "speckle": speckle_mask(w, h),
         }
         results["convert"] = bench_convert(shapes, work / "convert", 2 if quick else 5)
-        others = (() if quick else tuple(OTHER_MODELS)) if models is None else models
+        default = (*OTHER_MODELS, "sam3") if sam3_available() else tuple(OTHER_MODELS)
+        chosen = (() if quick else default) if models is None else models
+        others = tuple(m for m in chosen if m != "sam3")
         if others:
             photo = "photo-1024x768.jpg"
             Image.fromarray(scene(1024, 768)).save(root / photo, quality=92)
             results["models"] = bench_models(others, ckpts, root, photo, 3 if quick else 10, 1 if quick else 2)
+        if "sam3" in chosen:  # last: 3.4 GB of weights, minutes on a CPU
+            results["sam3"] = bench_sam3(ckpts, 2 if quick else 5, 1 if quick else 2)
     results["ratios"] = ratios(results)
     results["meta"]["load_average_end"] = load_average()
     return results

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from label_anything.app.ray_pool import LOCAL_CLUSTER, RAY_ADDRESS_ENV
 from label_anything.engine.models import MODEL_CONFIGS, MODEL_NAMES
 from label_anything.engine.redis_cache import CACHE_TTL_ENV, CACHE_URL_ENV, DEFAULT_TTL_S
+from label_anything.errors import PromptError
 
 if TYPE_CHECKING:
     from label_anything.engine.redis_cache import RedisLevel
@@ -134,6 +135,33 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    """argparse ``type`` for a score from 0 to 1 (thresholds).
+
+    >>> unit_float("0.5")
+    0.5
+    """
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score from 0 to 1")
+    return value
+
+
+def concept_map(text: str) -> dict[str, tuple[str, ...]]:
+    """argparse ``type`` for ``--concepts`` (``engine.concepts.parse_concepts_spec``): label → phrases; ``LABEL=``
+    (no phrase) keeps the label out.
+
+    >>> concept_map("person=person, pedestrian;car; ;tree=")
+    {'person': ('person', 'pedestrian'), 'car': ('car',), 'tree': ()}
+    """
+    from label_anything.engine.concepts import parse_concepts_spec
+
+    try:
+        return dict(parse_concepts_spec(text))
+    except PromptError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line, and which validates ``EnvValue`` defaults.
 
@@ -172,8 +200,9 @@ SAM_CONFIGS = tuple(sorted({config for configs in MODEL_CONFIGS.values() for con
 
 
 MODEL_HELP = (
-    "model family: sam, sam_hq, mobile_sam, sam2 (SAM 2.1), classical (no weights: OpenCV GrabCut), or auto "
-    "(a checkpoint found in the cache directory, else classical)"
+    "model family: sam, sam_hq, mobile_sam, sam2 (SAM 2.1), sam3 (SAM 3: concepts too; the [sam3] extra), "
+    "classical (no weights: OpenCV GrabCut), or auto (a checkpoint found in the cache directory, never sam3, "
+    "else classical)"
 )
 
 
@@ -186,7 +215,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sam-config", dest="sam_config", type=str.lower,
                    choices=SAM_CONFIGS, metavar="CONFIG", default=env("LABEL_ANYTHING_SAM_CONFIG"),
                    help="architecture: vit_b/vit_l/vit_h (sam), also vit_tiny (sam_hq), vit_t (mobile_sam), "
-                        "tiny/small/base_plus/large (sam2); default: vit_b, vit_t for mobile_sam, tiny for sam2 "
+                        "tiny/small/base_plus/large (sam2), sam3 (sam3); default: vit_b, vit_t for mobile_sam, "
+                        "tiny for sam2, sam3 for sam3 "
                         "[env LABEL_ANYTHING_SAM_CONFIG]")
     g.add_argument("--sam-checkpoint-file", "--checkpoint", dest="checkpoint",
                    default=env("LABEL_ANYTHING_CHECKPOINT"),

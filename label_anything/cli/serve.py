@@ -16,20 +16,24 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from label_anything.app.concepts import ConceptOptions
 from label_anything.app.interactive import Backend, ServeOptions
 from label_anything.cli.options import (
     add_cache_url_arguments,
     add_image_host_arguments,
     add_model_arguments,
     allowed_image_hosts,
+    concept_map,
     env,
     load_model_from_args,
     non_negative_float,
     port_number,
     positive_int,
     shared_level_from_args,
+    unit_float,
 )
 from label_anything.engine.cache import EmbeddingCache
+from label_anything.engine.concepts import DEFAULT_CONCEPT_THRESHOLD
 from label_anything.errors import LabelAnythingError
 from label_anything.imaging.fetch import ImageFetcher
 from label_anything.labelstudio.results import OutputOptions
@@ -108,7 +112,34 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         default=env("LABEL_ANYTHING_BOXES_TO_MASKS", True),
         help="'Retrieve predictions' (and opening a task) on tasks that hold rectangles, in their newest "
         "annotation or else a prediction: answer one mask per rectangle, its box as the prompt, under its "
-        "label [env LABEL_ANYTHING_BOXES_TO_MASKS; default: on]",
+        "label; with SAM 3 this comes before --label-concepts [env LABEL_ANYTHING_BOXES_TO_MASKS; default: on]",
+    )
+    sam3 = p.add_argument_group("SAM 3 concepts (--model-name sam3)")
+    sam3.add_argument(
+        "--concept-threshold",
+        type=unit_float,
+        default=env("LABEL_ANYTHING_CONCEPT_THRESHOLD", str(DEFAULT_CONCEPT_THRESHOLD)),
+        metavar="SCORE",
+        help="answer the instances of a concept (typed in a TextArea, a label's name, a find-similar box) that "
+        "score above this [env LABEL_ANYTHING_CONCEPT_THRESHOLD; default: %(default)s]",
+    )
+    sam3.add_argument(
+        "--label-concepts",
+        action=argparse.BooleanOptionalAction,
+        default=env("LABEL_ANYTHING_LABEL_CONCEPTS", True),
+        help="'Retrieve predictions' (and opening a task) on a task without rectangles: answer every instance "
+        "of every label of the label config, as one prediction, each label standing for its --concepts "
+        "phrases. Tasks that hold rectangles get --boxes-to-masks first. Stops starting tasks after 60 s, as "
+        "boxes to masks does: rerun 'Retrieve predictions' for the rest [env LABEL_ANYTHING_LABEL_CONCEPTS; "
+        "default: on]",
+    )
+    sam3.add_argument(
+        "--concepts",
+        type=concept_map,
+        default=env("LABEL_ANYTHING_CONCEPTS"),
+        metavar="LABEL=PHRASE,...;...",
+        help="the phrases SAM 3 looks for for each label, e.g. 'person=person,pedestrian;car=car'; a label not "
+        "listed stands for its own name, 'LABEL=' (no phrase) leaves it out [env LABEL_ANYTHING_CONCEPTS]",
     )
     net = p.add_argument_group("server")
     net.add_argument(
@@ -180,8 +211,18 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         raise LabelAnythingError(
             "every output is off: enable at least one of --out-mask, --out-bbox, --out-poly"
         )
+    # ``getattr``: options from before these flags (a test's Namespace) mean the defaults; lists: back from JSON
+    concepts = ConceptOptions(
+        threshold=float(getattr(args, "concept_threshold", DEFAULT_CONCEPT_THRESHOLD)),
+        label_concepts=bool(getattr(args, "label_concepts", True)),
+        concepts={str(k): tuple(v) for k, v in (getattr(args, "concepts", None) or {}).items()},
+    )
     return ServeOptions(
-        outputs=outputs, refine=args.refine, basic_auth=basic_auth, boxes_to_masks=args.boxes_to_masks
+        outputs=outputs,
+        refine=args.refine,
+        basic_auth=basic_auth,
+        boxes_to_masks=args.boxes_to_masks,
+        concepts=concepts,
     )
 
 
@@ -211,6 +252,16 @@ def build_backend(args: argparse.Namespace) -> Backend:
     # httpx logs every request URL at INFO; presigned URLs carry credentials in their query string
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     backend = Backend(model, fetcher, cache, options)
+    if backend.concepts.supported:
+        log.info(
+            "SAM 3 concepts: threshold %g; typed in a TextArea, find similar on exemplar labels; label names as "
+            "concepts %s%s",
+            options.concepts.threshold,
+            "on" if options.concepts.label_concepts else "off",
+            "".join(
+                f"; {label}={','.join(phrases) or '(skipped)'}" for label, phrases in options.concepts.concepts.items()
+            ),
+        )
     log.info(
         "serving %s at http://%s:%d (outputs: %s; refine %s; basic auth %s; image hosts: Label Studio%s; "
         "embeddings: memory, %s%s)",

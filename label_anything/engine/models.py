@@ -30,9 +30,11 @@ MODEL_CONFIGS: dict[str, tuple[str, ...]] = {
     "sam_hq": ("vit_b", "vit_l", "vit_h", "vit_tiny"),
     "mobile_sam": ("vit_t",),
     "sam2": ("tiny", "small", "base_plus", "large"),
+    "sam3": ("sam3",),
     "classical": ("grabcut",),
 }
-DEFAULT_CONFIG = {"sam": "vit_b", "sam_hq": "vit_b", "mobile_sam": "vit_t", "sam2": "tiny", "classical": "grabcut"}
+DEFAULT_CONFIG = {"sam": "vit_b", "sam_hq": "vit_b", "mobile_sam": "vit_t", "sam2": "tiny", "sam3": "sam3",
+                  "classical": "grabcut"}
 MODEL_NAMES = (*MODEL_CONFIGS, "auto")
 
 # What `auto` picks among downloaded checkpoints: fast ones first on CPU, accurate ones first on GPU.
@@ -169,6 +171,8 @@ def load_model(
     assert choice.checkpoint is not None
     if choice.name == "sam2":
         return _load_sam2(choice, device)
+    if choice.name == "sam3":
+        return _load_sam3(choice, device)
     from label_anything.engine.sam import ARCHITECTURES, SamModel
 
     arch = ARCHITECTURES[(choice.name, choice.config)]
@@ -211,6 +215,20 @@ def _load_sam2(choice: ModelChoice, device: str) -> SegmentationModel:
     info = _model_info(choice, device)
     log.info("loaded SAM %s %s from %s on %s", version, choice.config, choice.checkpoint, device)
     return Sam2Model(network, Sam2Architecture(choice.name, choice.config, version), info)
+
+
+def _load_sam3(choice: ModelChoice, device: str) -> SegmentationModel:
+    """SAM 3 from an official ``sam3.pt`` (``{"model": {"detector.*", "tracker.*"}}``), clicks included."""
+    from label_anything.engine.sam3 import Sam3Model, build_sam3_network, load_sam3_weights
+
+    assert choice.checkpoint is not None
+    state = load_state_dict(choice.checkpoint, mmap=True)  # 3.4 GB: read pages as they are copied in
+    network = build_sam3_network(device)
+    load_sam3_weights(network, state, choice.checkpoint)
+    del state
+    info = _model_info(choice, device)
+    log.info("loaded SAM 3 from %s on %s", choice.checkpoint, device)
+    return Sam3Model(network, info)
 
 
 def _load_into(network, state: dict, choice: ModelChoice) -> None:

@@ -12,6 +12,10 @@ from label_anything.errors import PromptError
 LOW_RES_SIZE = 256
 """Side of SAM's low-resolution mask logits (the decoder's native output, and its mask prompt)."""
 
+LOW_RES_SIZES = (LOW_RES_SIZE, 288)
+"""Sides of the low-res logits a ``Prompt`` may carry: 256 (SAM, HQ-SAM, MobileSAM, SAM 2.1, classical) and 288
+(SAM 3, whose 1008-pixel input gives 4 x 72). Each model checks that the logits are its own size."""
+
 
 def _empty_points() -> np.ndarray:
     return np.zeros((0, 2), dtype=np.float32)
@@ -29,7 +33,8 @@ class Prompt:
         points: (N, 2) float32, x then y, in pixels of the original (EXIF-rotated) image.
         point_labels: (N,) int32; 1 = on the object (positive), 0 = not on it (negative).
         box: (4,) float32 ``x0, y0, x1, y1`` in pixels, or None.
-        mask_logits: (1, 256, 256) float32 low-res logits from a previous decode, or None.
+        mask_logits: (1, S, S) float32 low-res logits from a previous decode of the same model, or None;
+            S is 256, or 288 for SAM 3 (``LOW_RES_SIZES``).
 
     Example:
         >>> p = Prompt.from_lists(points=[(10, 20), (30, 40)], labels=[1, 0])
@@ -65,10 +70,14 @@ class Prompt:
         mask_logits = self.mask_logits
         if mask_logits is not None:
             mask_logits = np.asarray(mask_logits, dtype=np.float32)
-            if mask_logits.shape == (LOW_RES_SIZE, LOW_RES_SIZE):
+            if mask_logits.ndim == 2:
                 mask_logits = mask_logits[None]
-            if mask_logits.shape != (1, LOW_RES_SIZE, LOW_RES_SIZE):
-                raise PromptError(f"mask_logits must be (1, 256, 256), got {mask_logits.shape}")
+            side = mask_logits.shape[-1]
+            if mask_logits.shape != (1, side, side) or side not in LOW_RES_SIZES:
+                raise PromptError(
+                    f"mask_logits must be (1, S, S) with S one of {', '.join(map(str, LOW_RES_SIZES))}, "
+                    f"got {mask_logits.shape}"
+                )
         # frozen: write the normalised arrays through object.__setattr__
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "point_labels", labels)

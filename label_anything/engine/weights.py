@@ -1,7 +1,9 @@
 """Official checkpoints: where they come from, how to fetch and verify them, how to load them safely.
 
 Digests are SHA-256 of the files as the authors serve them (read from the Hugging Face LFS pointers of
-the official or byte-identical mirror repositories; the authors' own pages publish none).
+the official or byte-identical mirror repositories; the authors' own pages publish none). A checkpoint gated
+on the Hugging Face hub (SAM 3) is fetched with the user's read token (``HF_TOKEN``), sent to the hub's own
+host only, never to the CDN it redirects to nor to a mirror.
 """
 
 from __future__ import annotations
@@ -12,8 +14,22 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from label_anything.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import httpx
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A checkpoint its authors gate on the Hugging Face hub: each user accepts ``licence`` on ``page`` and
+    downloads with a read token (``HF_TOKEN``). ``title`` names the model in messages (``SAM 3``)."""
+
+    title: str
+    page: str
+    licence: str
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,7 @@ class CheckpointSpec:
         url: where the authors serve it.
         size: bytes.
         sha256: hex digest.
+        gate: set when the file is gated on the Hugging Face hub (a token is needed), else None.
     """
 
     name: str
@@ -37,6 +54,7 @@ class CheckpointSpec:
     url: str
     size: int
     sha256: str
+    gate: Gate | None = None
 
 
 _FB = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -75,6 +93,13 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
         CheckpointSpec("sam2.1_hiera_large", "sam2", "large", "sam2.1_hiera_large.pt",
                        _SAM2 + "sam2.1_hiera_large.pt",
                        898083611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
+        # SAM 3 (Meta, 2025-11), gated under Meta's SAM License (not Apache-2.0). Size and digest of the
+        # facebook/sam3 sam3.pt LFS object (revision 3c879f39826c281e95690f02c7821c4de09afae7, byte-identical
+        # on ModelScope's facebook/sam3), as independent public projects pin it; no pointer page could be read
+        # here, so download() also checks them against the hub's own X-Linked-Size / X-Linked-Etag.
+        CheckpointSpec("sam3", "sam3", "sam3", "sam3.pt", "https://huggingface.co/facebook/sam3/resolve/main/sam3.pt",
+                       3450062241, "9999e2341ceef5e136daa386eecb55cb414446a00ac2b55eb2dfd2f7c3cf8c9e",
+                       Gate("SAM 3", "https://huggingface.co/facebook/sam3", "Meta's SAM License")),
     )
 }
 
@@ -124,9 +149,11 @@ def file_sha256(path: Path) -> str:
 def missing_checkpoint_message(spec: CheckpointSpec, cache_dir: Path | None = None) -> str:
     """The one sentence a user needs when a checkpoint is not on disk."""
     target = checkpoint_dir(cache_dir) / spec.filename
+    gated = (f"; gated: accept the licence at {spec.gate.page} and set HF_TOKEN to a read token"
+             if spec.gate else "")
     return (
         f"checkpoint {spec.filename} for {spec.model} {spec.config} is not in {target.parent}: run "
-        f"`label-anything download {spec.name}` (fetches {spec.url}), or pass an existing file "
+        f"`label-anything download {spec.name}` (fetches {spec.url}{gated}), or pass an existing file "
         f"with --checkpoint FILE"
     )
 
@@ -156,6 +183,22 @@ def _tqdm_progress(total: int, desc: str) -> ProgressBar:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)  # type: ignore[return-value]
 
 
+HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # the hub's name for it, then its older one
+HF_TOKENS_PAGE = "https://huggingface.co/settings/tokens"
+_MAX_REDIRECTS = 10
+
+
+def hub_token() -> tuple[str, str] | None:
+    """``(variable, token)`` from ``HF_TOKEN``, else ``HUGGING_FACE_HUB_TOKEN``; None when neither is set."""
+    for variable in HF_TOKEN_VARIABLES:
+        if token := os.environ.get(variable, "").strip():
+            if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+                raise DownloadError(f"{variable} holds characters no Hugging Face token has: set it to a read "
+                                    f"token from {HF_TOKENS_PAGE}", f"{variable} is not a token")
+            return variable, token
+    return None
+
+
 def download(
     spec: CheckpointSpec,
     cache_dir: Path | None = None,
@@ -168,7 +211,8 @@ def download(
 
     Writes to ``<file>.part`` in the same folder and renames only after verification, so an
     interrupted or corrupt download never leaves a file that looks complete. A file already present
-    with the right digest is not fetched again.
+    with the right digest is not fetched again. A gated checkpoint is fetched with ``hub_token()``, sent
+    only to the origin of ``spec.url`` (not to the CDN it redirects to, nor to a mirror ``url``).
     """
     import httpx
 
@@ -180,25 +224,25 @@ def download(
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     source = url or spec.url
+    token = hub_token() if spec.gate else None
     h = hashlib.sha256()
     received = 0
-    bar = progress(spec.size, spec.filename) if progress else None
+    bar = None
     try:
-        with httpx.stream("GET", source, follow_redirects=True, timeout=timeout) as response:
-            if response.status_code != 200:
-                raise DownloadError(
-                    f"downloading {spec.filename} from {source} failed with HTTP {response.status_code}; "
-                    f"download it by other means and pass it with --checkpoint FILE",
-                    f"{source} answered HTTP {response.status_code}",
-                )
-            with part.open("wb") as out:
-                for chunk in response.iter_bytes(1 << 20):
-                    out.write(chunk)
-                    h.update(chunk)
-                    received += len(chunk)
-                    if bar:
-                        bar.update(len(chunk))
-    except httpx.HTTPError as exc:
+        with httpx.Client(timeout=timeout) as client:
+            response = _open(client, spec, source, token)
+            try:
+                bar = progress(spec.size, spec.filename) if progress else None
+                with part.open("wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                        h.update(chunk)
+                        received += len(chunk)
+                        if bar:
+                            bar.update(len(chunk))
+            finally:
+                response.close()
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         part.unlink(missing_ok=True)
         raise DownloadError(
             f"cannot download {spec.filename} from {source} ({type(exc).__name__}: {exc}): the connection "
@@ -225,10 +269,130 @@ def download(
     return target
 
 
-def load_state_dict(path: Path) -> dict:
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def _open(client: httpx.Client, spec: CheckpointSpec, source: str, token: tuple[str, str] | None) -> httpx.Response:
+    """GET ``source``, following redirects by hand so that the token goes to the hub's origin only; the
+    streamed 200 response, its body not read yet. Any other answer raises DownloadError."""
+    import httpx
+
+    hub = _origin(httpx.URL(spec.url))
+    url = httpx.URL(source)
+    for _ in range(_MAX_REDIRECTS + 1):
+        at_hub = _origin(url) == hub
+        headers = {"Authorization": f"Bearer {token[1]}"} if token and at_hub else {}
+        response = client.send(client.build_request("GET", url, headers=headers), stream=True)
+        if at_hub:
+            try:
+                _check_hub_headers(spec, response)
+            except DownloadError:
+                response.close()
+                raise
+        if not response.has_redirect_location:
+            break
+        response.close()
+        url = url.join(response.headers["Location"])
+        if url.scheme not in ("http", "https"):
+            raise DownloadError(
+                f"{source} redirected the download of {spec.filename} to {url.scheme}: URL, which is not fetched; "
+                "download it by other means and pass it with --checkpoint FILE",
+                f"{source} redirected to a {url.scheme}: URL",
+            )
+    else:
+        response.close()
+        raise DownloadError(
+            f"{source} redirected the download of {spec.filename} more than {_MAX_REDIRECTS} times; download "
+            "it by other means and pass it with --checkpoint FILE",
+            f"{source} redirected more than {_MAX_REDIRECTS} times",
+        )
+    if response.status_code == 200:
+        return response
+    try:
+        body = _head_of_body(response)
+    finally:
+        response.close()
+    gated = spec.gate is not None and _origin(url) == hub
+    raise _refusal(spec, source, response.status_code, body, token, gated)
+
+
+def _check_hub_headers(spec: CheckpointSpec, response: httpx.Response) -> None:
+    """The hub's own word on the file, where it gives one: ``X-Linked-Size`` and ``X-Linked-Etag`` (the LFS
+    object's size and SHA-256, quoted) on the resolve URL's redirect; ``ETag`` of such a redirect carries the
+    same digest. A hub that serves another file than the registry verifies is refused before the transfer."""
+    etag = response.headers.get("X-Linked-Etag") or (response.headers.get("ETag") if response.is_redirect else "")
+    digest = (etag or "").removeprefix("W/").strip().strip('"').lower()
+    digest = digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
+    linked = response.headers.get("X-Linked-Size", "").strip()
+    size = int(linked) if linked.isdigit() else None
+    if (digest is None or digest == spec.sha256) and (size is None or size == spec.size):
+        return
+    found = f"{size if size is not None else '?'} bytes, sha256 {(digest or '?')[:12]}…"
+    raise DownloadError(
+        f"{response.url.host} now serves another {spec.filename} ({found}) than the one this label-anything "
+        f"verifies ({spec.size} bytes, sha256 {spec.sha256[:12]}…): upgrade label-anything, or download the "
+        "file by other means and pass it with --checkpoint FILE",
+        f"{response.url.host} serves another {spec.filename} ({found})",
+    )
+
+
+def _head_of_body(response: httpx.Response, limit: int = 64 << 10) -> str:
+    """The first ``limit`` bytes of an error answer, as text (enough for the hub's JSON message)."""
+    import httpx
+
+    data = b""
+    try:
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= limit:
+                break
+    except httpx.HTTPError:
+        pass
+    return data[:limit].decode("utf-8", "replace")
+
+
+def _refusal(spec: CheckpointSpec, source: str, status: int, body: str,
+             token: tuple[str, str] | None, gated: bool) -> DownloadError:
+    """What a non-200 answer means and what to do; for a gated file, in the hub's terms (401: no or a bad
+    token, 403: the licence not accepted yet or a token without access to gated repositories)."""
+    reason = f"{source} answered HTTP {status}"
+    gate = spec.gate
+    if gated and gate and status == 401 and token is None:
+        return DownloadError(
+            f"{gate.title} weights are gated: accept the licence at {gate.page} and set "
+            f"HF_TOKEN=<a read token from {HF_TOKENS_PAGE}>", reason + " (no token)")
+    if gated and gate and status == 401 and token:
+        return DownloadError(
+            f"the Hugging Face hub refused the token in {token[0]} (HTTP 401: mistyped, expired or revoked) for "
+            f"{gate.title}: set {token[0]} to a valid read token from {HF_TOKENS_PAGE}", reason + " (token refused)")
+    if gated and gate and status == 403:
+        text = body.lower()
+        if "fine-grained" in text or "token settings" in text:
+            return DownloadError(
+                f"the token in {token[0] if token else 'HF_TOKEN'} may not read gated repositories (HTTP 403): "
+                f"enable read access to public gated repositories for it at {HF_TOKENS_PAGE}, or use a read "
+                f"token", reason + " (token without gated access)")
+        if "access" in text or "gated" in text or "restricted" in text or "authorized" in text:
+            return DownloadError(
+                f"your Hugging Face account has no access to {gate.title} yet (HTTP 403): accept {gate.licence} at "
+                f"{gate.page} with the account of the token in {token[0] if token else 'HF_TOKEN'}, wait until "
+                f"the request is approved, then run `label-anything download {spec.name}` again",
+                reason + " (licence not accepted)")
+    if gated and gate and status == 404:
+        return DownloadError(
+            f"downloading {spec.filename} from {source} failed with HTTP 404 (moved or renamed upstream?): look "
+            f"for it at {gate.page}, or download it by other means and pass it with --checkpoint FILE", reason)
+    return DownloadError(
+        f"downloading {spec.filename} from {source} failed with HTTP {status}; download it by other means and "
+        f"pass it with --checkpoint FILE", reason)
+
+
+def load_state_dict(path: Path, *, mmap: bool = False) -> dict:
     """Load a checkpoint's tensors with ``weights_only=True``: a checkpoint is untrusted input.
 
     Accepts a plain state dict or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``.
+    mmap: map the file instead of reading it whole (a large checkpoint then never sits in memory twice).
     """
     import pickle
 
@@ -237,7 +401,7 @@ def load_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass an existing file with --checkpoint FILE")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

@@ -72,3 +72,24 @@ def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     boxes = np.array(xywh, dtype=np.float64)
     boxes[..., 2:] += boxes[..., :2]
     return boxes
+
+
+def xyxy_to_unit_cxcywh(xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Convert pixel boxes ``(x0, y0, x1, y1)`` to ``(centre x, centre y, width, height)`` in units of the
+    image's width and height (SAM 3's box prompts).
+
+    Args:
+        xyxy: (4,) or (N, 4), any real dtype, in pixels.
+        width, height: the image's size in pixels.
+
+    Returns:
+        Same shape, float32.
+
+    >>> xyxy_to_unit_cxcywh(np.array([20.0, 10.0, 60.0, 30.0]), 100, 50)
+    array([0.4, 0.4, 0.4, 0.4], dtype=float32)
+    """
+    boxes = np.asarray(xyxy, dtype=np.float64)
+    scale = np.array([width, height], dtype=np.float64)
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2 / scale
+    size = (boxes[..., 2:] - boxes[..., :2]) / scale
+    return np.concatenate([centre, size], axis=-1).astype(np.float32)

@@ -21,6 +21,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """Refuse images above this many pixels before decoding them (decompression bombs)."""
 
 
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than the limit (``max_pixels``, ``--max-image-pixels``)."""
+
+
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, WebP, TIFF, BMP ...) to RGB.
 
@@ -52,7 +56,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
         raise
     except Image.DecompressionBombError:
         # Pillow refuses on its own above 2 x Image.MAX_IMAGE_PIXELS, before the header reaches us
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{name} declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; refused before decoding "
             f"(limit {max_pixels:,}, see --max-image-pixels)"
         ) from None
@@ -72,7 +76,7 @@ def _check_size(size: tuple[int, int], max_pixels: int, name: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"{name} has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{name} is {width}x{height} = {width * height:,} pixels, above the limit of "
             f"{max_pixels:,} (raise it with --max-image-pixels)"
         )

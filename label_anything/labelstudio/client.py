@@ -34,8 +34,18 @@ def _xml_attr(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def label_config(labels: Sequence[str]) -> str:
-    """The original tool's config for ``labels``: smart keypoints, rectangles, polygons and brush.
+CONCEPT_TEXTAREA = (
+    '  <Header value="SAM 3: type a label (or LABEL: phrase) and press Enter to find every instance"/>\n'
+    '  <TextArea name="concept" toName="image" placeholder="e.g. cat, or cat: tabby cat" rows="1"'
+    ' showSubmitButton="true" editable="true" perRegion="false"/>\n'
+)
+"""The TextArea of ``label_config(..., concept=True)``: a phrase typed there (Auto-Annotation on) is sent to the
+backend as a ``textarea`` result, answered by SAM 3 with every instance (see ``labelstudio.concepts``)."""
+
+
+def label_config(labels: Sequence[str], *, concept: bool = False) -> str:
+    """The original tool's config for ``labels``: smart keypoints, rectangles, polygons and brush; with
+    ``concept`` (a SAM 3 backend), also ``CONCEPT_TEXTAREA``, to type a concept to find.
 
     Rectangle labels are smart too, so the Auto-Detect toolbar offers a smart rectangle as well as a
     smart keypoint; the plain rectangle tool stays available.
@@ -53,6 +63,7 @@ def label_config(labels: Sequence[str]) -> str:
     return (
         "<View>\n"
         '  <Image name="image" value="$image" zoom="true"/>\n'
+        + (CONCEPT_TEXTAREA if concept else "")
         + block("KeyPointLabels", "KeyPointLabels", ' smart="true" showInline="true"')
         + block("RectangleLabels", "RectangleLabels", ' smart="true"')
         + block("PolygonLabels", "PolygonLabels", "")

@@ -18,7 +18,7 @@ answer is in the same unrotated frame, and ``image_rotation`` is only carried ov
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,11 @@ from label_anything.labelstudio.config import LabelConfig
 
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
 """Smart region types that become a prompt: clicks and rectangles."""
+
+TEXTAREA_TYPE = "textarea"
+"""A ``<TextArea>`` result. Label Studio serializes a smart region with all its results, so a rectangle with a
+per-region TextArea (``perRegion="true"``) arrives as two results sharing one ``id``: the text is left out of
+the prompt. A TextArea of its own (a typed concept) is read by ``labelstudio.concepts``."""
 
 MAX_POINTS = 200
 """Most clicks one prompt may hold. SAM's decoder attends over every point token, so its time and memory
@@ -65,7 +70,10 @@ class Click:
             depend on it); passed through to the answer.
         points: (N, 2) float32, x then y in pixels; N may be 0.
         point_labels: (N,) int32, 1 positive (on the object), 0 negative.
-        box: (4,) float32 ``x0, y0, x1, y1`` pixels with x1 > x0 and y1 > y0, or None.
+        box: (4,) float32 ``x0, y0, x1, y1`` pixels with x1 > x0 and y1 > y0, or None: the newest rectangle.
+        boxes: (B, 4) float32, every rectangle of the prompt, oldest first (``box`` is the last); the exemplars
+            of a "find similar" request (SAM 3), where one box prompt uses only ``box``.
+        box_positive: (B,) bool, False for a rectangle sent with ``is_positive: false`` (a negative exemplar).
     """
 
     to_name: str
@@ -77,6 +85,8 @@ class Click:
     points: np.ndarray
     point_labels: np.ndarray
     box: np.ndarray | None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    box_positive: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
 
     @property
     def point_keys(self) -> frozenset[tuple[float, float, int]]:
@@ -131,6 +141,11 @@ def parse_context(context: Any, config: LabelConfig | None = None) -> Click | No
     control of the region's type on it names the control (``from_name`` stays empty when several
     could be meant: nothing in the answer depends on it).
 
+    ``boxes`` holds every rectangle of the group (the exemplars of a SAM 3 "find similar"), ``box`` the newest.
+    The text of a per-region TextArea (a ``textarea`` result sharing its ``id`` with a smart region) is left
+    out; a TextArea result of its own is a typed concept, read by ``labelstudio.concepts.parse_typed_concept``
+    before this function is called.
+
     Raises ContextError (and only ContextError) for anything malformed: a region that is not a smart
     keypoint or rectangle, one without a ``value`` object or without a ``to_name`` the config cannot
     supply, coordinates that are not finite or outside 0–100 percent, a box of zero area, more than
@@ -143,6 +158,7 @@ def parse_context(context: Any, config: LabelConfig | None = None) -> Click | No
         raise ContextError("params.context.result must be a list of regions")
     if len(regions) > MAX_REGIONS:
         raise ContextError(f"the context has {len(regions)} regions; at most {MAX_REGIONS} are accepted")
+    regions = without_region_texts(regions)
     for region in regions:
         _check_prompt_region(region)
     if not regions:
@@ -156,6 +172,8 @@ def parse_context(context: Any, config: LabelConfig | None = None) -> Click | No
     points: list[tuple[float, float]] = []
     point_labels: list[int] = []
     box: np.ndarray | None = None
+    boxes: list[np.ndarray] = []
+    box_positive: list[bool] = []
     from_name = str(last.get("from_name") or "")
     for region in group:
         if (_size(region, "original_width"), _size(region, "original_height")) != (width, height):
@@ -176,6 +194,9 @@ def parse_context(context: Any, config: LabelConfig | None = None) -> Click | No
             y1 = _percent(y_percent + _number(value.get("height"), "value.height"), "value.y + value.height")
             # the newest rectangle wins: Label Studio re-sends older ones until they are deleted
             box = np.array([x, y, percent_to_pixels(x1, width), percent_to_pixels(y1, height)], dtype=np.float32)
+            if box[2] > box[0] and box[3] > box[1]:  # an older one of no area is no exemplar; the newest: below
+                boxes.append(box)
+                box_positive.append(region.get("is_positive") is not False)
     if len(points) > MAX_POINTS:
         raise ContextError(f"the context has {len(points)} points; at most {MAX_POINTS} are accepted")
     rotation = region_rotation(last)
@@ -193,7 +214,21 @@ def parse_context(context: Any, config: LabelConfig | None = None) -> Click | No
         points=np.asarray(points, dtype=np.float32).reshape(-1, 2),
         point_labels=np.asarray(point_labels, dtype=np.int32),
         box=box,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        box_positive=np.asarray(box_positive, dtype=bool),
     )
+
+
+def without_region_texts(regions: list) -> list:
+    """``regions`` less the ``textarea`` results that share their ``id`` with a smart region (the text of a
+    per-region TextArea, serialized beside its region); everything else is kept, in order."""
+    ids = {
+        r.get("id") for r in regions
+        if isinstance(r, dict) and r.get("type") in PROMPT_TYPES and isinstance(r.get("id"), str) and r.get("id")
+    }
+    if not ids:
+        return regions
+    return [r for r in regions if not (isinstance(r, dict) and r.get("type") == TEXTAREA_TYPE and r.get("id") in ids)]
 
 
 def _check_prompt_region(region: Any) -> None:

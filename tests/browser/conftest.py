@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from label_anything.app.labelstudio_process import free_port, label_studio_installed
+from label_anything.app.labelstudio_process import (
+    free_port,
+    label_studio_installed,
+    spawn,
+    stop_process,
+    wait_http,
+)
 from label_anything.labelstudio.client import LabelStudioClient
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -64,8 +70,10 @@ def _start_up(args: list[str], cwd: Path, timeout: float = 400) -> tuple[subproc
     return proc, lines
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def session(tmp_path_factory: pytest.TempPathFactory, chelsea) -> Iterator[Session]:
+    """``up`` (Label Studio + a classical backend) once for every browser test module: each Label Studio start
+    costs ~30-60 s on 2 cores. A module that needs another project or backend adds its own to this one."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: run `make setup` as root (apt-get install -y chromium)")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
@@ -121,3 +129,35 @@ def page(browser, session: Session):
     page.wait_for_url(lambda u: "/user/login" not in u)
     yield page
     context.close()
+
+
+SAM3_THRESHOLD = 0.322
+"""``serve --concept-threshold`` for random SAM 3 weights: 49 instances of "cat" on chelsea (0.5 keeps none)."""
+
+
+@dataclass
+class Backend:
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def sam3_backend(session: Session, sam3_checkpoint: Path, sam3_cache_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """``label-anything serve --model-name sam3`` (random weights, CPU) for ``session``'s Label Studio, one per
+    module that asks and stopped at its end (~5 GB: never two at once), with the answers ``up --model-name sam3``
+    gives (brush + box) and label names as concepts off, so opening a task prelabels nothing: what a test sees
+    comes from what it typed. ``--cache-dir sam3_cache_dir`` already holds chelsea's embedding: tasks of chelsea's
+    exact pixels (a PNG) are never encoded."""
+    log = tmp_path_factory.mktemp("sam3-ui-backend") / "backend.log"
+    port = free_port()
+    cmd = [sys.executable, "-m", "label_anything", "serve", "--model-name", "sam3", "--checkpoint",
+           str(sam3_checkpoint), "--device", "cpu", "--cache-dir", str(sam3_cache_dir), "--concept-threshold",
+           str(SAM3_THRESHOLD), "--out-mask", "--out-bbox", "--no-label-concepts", "--port", str(port)]
+    proc = spawn(cmd, log, {"LABEL_STUDIO_URL": session.url, "LABEL_STUDIO_API_KEY": session.client.token})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", proc, 300, log)  # 3.4 GB of weights: ~10-30 s on 2 cores
+        yield Backend(url, log)
+    finally:
+        stop_process(proc)

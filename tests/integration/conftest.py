@@ -124,3 +124,43 @@ def start_backend(label_studio: LabelStudio, random_checkpoint, tmp_path_factory
     yield start
     for proc in procs:
         stop_process(proc)
+
+
+SAM3_THRESHOLD = 0.322
+"""``serve --concept-threshold`` for random SAM 3 weights, which score every instance ~0.32: this keeps 49 instances
+of "cat" on chelsea (most other phrases: none, e.g. "dog", or 200, the most, e.g. "person"; 0.5 keeps none)."""
+
+
+@pytest.fixture(scope="module")
+def sam3_backend(
+    request: pytest.FixtureRequest, label_studio: LabelStudio, sam3_checkpoint: Path, sam3_cache_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Backend]:
+    """``label-anything serve --model-name sam3`` with random SAM 3 weights on the CPU, one per module that asks,
+    stopped at the module's end (it holds ~5 GB, next to the test process's ``sam3_model``: never start two).
+
+    Its ``--cache-dir`` is ``sam3_cache_dir``, which already holds chelsea's embedding: tasks whose image has
+    chelsea's exact pixels (a PNG, not a JPEG) are never encoded. The module's ``SAM3_THRESHOLD`` (default
+    ``SAM3_THRESHOLD`` here) is ``--concept-threshold``; its ``SAM3_SERVE_ARGS`` (a tuple, e.g. ``("--out-bbox",)``)
+    are added to the command.
+    """
+    threshold = getattr(request.module, "SAM3_THRESHOLD", SAM3_THRESHOLD)
+    log = tmp_path_factory.mktemp("sam3-backend") / "backend.log"
+    port = free_port()
+    cmd = [
+        str(VENV_BIN / "label-anything"), "serve", "--model-name", "sam3", "--checkpoint", str(sam3_checkpoint),
+        "--device", "cpu", "--cache-dir", str(sam3_cache_dir), "--concept-threshold", str(threshold),
+        "--port", str(port), *getattr(request.module, "SAM3_SERVE_ARGS", ()),
+    ]
+    env = {
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
+    }
+    proc = spawn(cmd, log, env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/health", proc, 300, log)  # loading 3.4 GB of weights: ~10-30 s on 2 cores
+        yield Backend(url=url, log=log)
+    finally:
+        stop_process(proc)

@@ -7,25 +7,25 @@ is a ``Skip``, counted under one of the reasons below; what remains is one ``Ima
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from label_anything.app.boxes_to_masks.progress import id_key
-from label_anything.errors import LabelAnythingError
+from label_anything.app.coco_images import NO_FILE_NAME, REPEATED_IMAGE, SIZE_MISMATCH, UNREADABLE, read_coco, short
+from label_anything.app.journal import id_key
 
-# Why a box was not segmented (keys of ``BoxesReport.skipped`` and of the summary's ``skipped``).
+__all__ = [
+    "NOT_AN_OBJECT", "NO_BOX", "NO_FILE_NAME", "NO_POLYGON", "OUTSIDE", "REPEATED_IMAGE", "SIZE_MISMATCH",
+    "UNKNOWN_IMAGE", "UNREADABLE", "Box", "ImageJob", "Skip", "coco_box_to_xyxy", "plan_jobs", "read_coco", "short",
+]
+
+# Why a box was not segmented (keys of ``BoxesReport.skipped`` and of the summary's ``skipped``); the reasons
+# about images (unreadable, repeated id, no file name, another size) are ``app.coco_images``'.
 NOT_AN_OBJECT = "annotation is not a JSON object"
 NO_BOX = "no usable bbox"
 UNKNOWN_IMAGE = "image_id not in images"
-REPEATED_IMAGE = "image id repeated in images"
-NO_FILE_NAME = "image has no file_name"
-UNREADABLE = "image unreadable"
-SIZE_MISMATCH = "image size differs from the COCO size"
 OUTSIDE = "box outside the image"
 NO_POLYGON = "mask has no polygon"
 
@@ -46,20 +46,6 @@ def coco_box_to_xyxy(bbox: Any) -> Box | None:
     if not (np.isfinite([x, y, x1, y1]).all() and x1 > x and y1 > y):
         return None
     return x, y, x1, y1
-
-
-def read_coco(coco_path: Path) -> dict[str, Any]:
-    """The COCO file as a dict with ``images`` and ``annotations`` lists, or a one-line error."""
-    try:
-        coco = json.loads(coco_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise LabelAnythingError(f"cannot read COCO file {coco_path}: {reason}") from None
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) or not isinstance(
-        coco.get("annotations"), list
-    ):
-        raise LabelAnythingError(f"{coco_path} is not a COCO instances file (needs 'images' and 'annotations' lists)")
-    return coco
 
 
 @dataclass
@@ -139,9 +125,3 @@ def _job(img: dict[str, Any], anns: list[tuple[int, dict[str, Any]]]) -> tuple[I
             boxes.append((index, xyxy))
     size = tuple(img.get(key) for key in ("height", "width"))
     return (ImageJob(img["id"], name, boxes, size) if boxes else None), skips  # type: ignore[arg-type]
-
-
-def short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for a message about a hostile input."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,9 +1,9 @@
 """One image of ``boxes-to-masks``: decode it as its COCO entry means it, encode once, decode every box.
 
-Which pixels the boxes are on: COCO files written by tools that read EXIF give a rotated photo's displayed
-size, those that ignore it give the stored size. The image entry's ``height``/``width`` decide, per image:
-the displayed size (or none given) → EXIF applied; the stored size → the stored pixels, EXIF ignored (and
-counted); neither → the image is skipped. So an RLE's size always equals its image entry's.
+Which pixels the boxes are on is ``app.coco_images.decode_for_coco``'s decision, per image, from the entry's
+``height``/``width``: the displayed size (or none given) → EXIF applied; the stored size → the stored
+pixels, EXIF ignored (and counted); neither → the image is skipped. So an RLE's size always equals its
+image entry's.
 
 ``segment_job`` runs in this process or on a Ray worker (``--ray-address``): it takes the file's bytes,
 never a path, and returns plain data (an ``ImageResult``) that travels back to the driver.
@@ -11,11 +11,9 @@ never a path, and returns plain data (an ``ImageResult``) that travels back to t
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +27,10 @@ from label_anything.app.boxes_to_masks.coco_input import (
     ImageJob,
 )
 from label_anything.app.boxes_to_masks.progress import ImageRecord, id_key
+from label_anything.app.coco_images import ImageSizeError, decode_for_coco, read_file_bytes
 from label_anything.engine import Prompt, decode, encode
 from label_anything.engine.types import SegmentationModel
-from label_anything.errors import ImageError, LabelAnythingError
+from label_anything.errors import LabelAnythingError
 from label_anything.geometry.masks import (
     mask_area,
     mask_to_coco_rle,
@@ -39,7 +38,11 @@ from label_anything.geometry.masks import (
     polygons_to_mask,
 )
 from label_anything.geometry.polygons import mask_to_polygons
-from label_anything.imaging.decode import decode_image
+
+__all__ = [
+    "FORMATS", "SCORE_FIELD", "ImageResult", "ImageSizeError", "decode_for_coco", "mask_segmentation",
+    "read_file_bytes", "segment_image_boxes", "segment_job", "segmentation_area",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,6 @@ confidence in result files, which this must not overwrite)."""
 
 # Polygon output: the hole cap the Label Studio results use (see mask_segmentation).
 _POLY_MAX_HOLES = 32
-
-# Transposes that undo PIL's ``exif_transpose`` for each EXIF orientation (2, 3, 4, 5, 7 are their own inverse).
-_UNDO_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_90",
-                     7: "TRANSVERSE", 8: "ROTATE_270"}
 
 
 def mask_segmentation(mask: np.ndarray, fmt: str) -> dict[str, Any] | list[list[float]]:
@@ -106,56 +105,6 @@ class ImageResult:
     warning: str | None = None
 
 
-class ImageSizeError(ImageError):
-    """The image is neither of the sizes (displayed, stored) its COCO entry could mean."""
-
-
-def decode_for_coco(data: bytes, name: str, coco_size: tuple[Any, Any]) -> tuple[np.ndarray, str | None]:
-    """The pixels an image entry's boxes are on, decided by the entry's ``(height, width)`` (see the module
-    docstring).
-
-    Returns:
-        ((H, W, 3) uint8 RGB, a note when EXIF was ignored else None).
-
-    Raises:
-        ImageSizeError: neither the displayed nor the stored size is the COCO size.
-        ImageError: not a readable image.
-    """
-    from PIL import Image
-
-    displayed = decode_image(data, name=name)
-    if _fits(coco_size, displayed.shape):
-        return displayed, None
-    orientation = _exif_orientation(data)
-    undo = _UNDO_ORIENTATION.get(orientation)
-    stored = displayed if undo is None else np.asarray(Image.fromarray(displayed).transpose(Image.Transpose[undo]))
-    said = "x".join("?" if v is None else str(v) for v in reversed(coco_size))
-    if undo is not None and _fits(coco_size, stored.shape):
-        return stored, (f"image {name}: EXIF orientation {orientation} ignored: the COCO file gives its stored size "
-                        f"{said}, so its boxes are on the stored pixels")
-    shown = f"{displayed.shape[1]}x{displayed.shape[0]}"
-    as_stored = f" ({stored.shape[1]}x{stored.shape[0]} as stored)" if stored.shape != displayed.shape else ""
-    raise ImageSizeError(f"{name} is {shown}{as_stored} but the COCO file says {said}: annotations left as they are")
-
-
-def _fits(coco_size: tuple[Any, Any], shape: tuple[int, ...]) -> bool:
-    """Every size the COCO entry gives equals the image's (a missing one fits anything)."""
-    return all(given is None or (not isinstance(given, bool) and given == actual)
-               for given, actual in zip(coco_size, shape[:2], strict=True))
-
-
-def _exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag (1 to 8; 1 when absent or unreadable) of an image file that decodes."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            value = img.getexif().get(0x0112, 1)
-    except (OSError, SyntaxError, ValueError):
-        return 1
-    return value if isinstance(value, int) else 1
-
-
 def _overlaps(box: Box, width: int, height: int) -> bool:
     x0, y0, x1, y1 = box
     return x0 < width and y0 < height and x1 > 0 and y1 > 0
@@ -171,7 +120,7 @@ def segment_job(model: SegmentationModel, job: ImageJob, data: bytes | str, fmt:
     try:
         image, note = decode_for_coco(data, job.file_name, job.coco_size)
     except ImageSizeError as exc:
-        return ImageResult(error=str(exc), reason=SIZE_MISMATCH)
+        return ImageResult(error=f"{exc}: annotations left as they are", reason=SIZE_MISMATCH)
     except LabelAnythingError as exc:
         return ImageResult(error=str(exc))
     height, width = image.shape[:2]
@@ -191,11 +140,3 @@ def segment_job(model: SegmentationModel, job: ImageJob, data: bytes | str, fmt:
         record.fields[str(index)] = {"segmentation": segmentation, "area": segmentation_area(mask, segmentation),
                                      SCORE_FIELD: round(float(score), 6)}
     return ImageResult(record, t_enc, t_dec, warning=note)
-
-
-def read_file_bytes(path: Path) -> bytes | str:
-    """The bytes of an image file, or the reason it cannot be read (a message for the report)."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        return f"cannot read image {path}: {exc.strerror or exc}"

@@ -4,27 +4,36 @@ After each image its results are appended as one JSON line; a rerun reads the fi
 lists. The first line is the run's fingerprint (model, format, input file, image folder): a file of another
 run is started over. A kill can tear the last line at any byte: the rerun cuts the file back to the end of
 its last complete record before appending, so any number of interruptions lose at most the image in flight
-each time.
+each time. The file handling itself is ``app.journal``'s, shared with ``concepts-to-masks``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from label_anything.app.journal import id_key, open_journal, partial_path, read_journal, sync, write_json_atomic
+
+__all__ = [
+    "PROGRESS_VERSION",
+    "ImageRecord",
+    "Progress",
+    "id_key",
+    "open_progress",
+    "partial_path",
+    "read_progress",
+    "run_fingerprint",
+    "sync",
+    "write_json_atomic",
+]
 
 log = logging.getLogger(__name__)
 
 PROGRESS_VERSION = 2
 """Version of the progress file's records; a file of another version is started over."""
-
-
-def partial_path(out: Path) -> Path:
-    """The sidecar progress file of ``out``: ``OUT.partial.jsonl`` next to it."""
-    return out.with_name(out.name + ".partial.jsonl")
 
 
 def run_fingerprint(model_id: str, fmt: str, coco_path: Path, images_dir: Path) -> dict[str, Any]:
@@ -67,44 +76,15 @@ def read_progress(path: Path, fingerprint: dict[str, Any]) -> Progress:
     A line counts only once its newline is written (the record is written in one piece, newline last); lines
     that do not parse as records are skipped, wherever they are, so damage never hides the records after it.
     """
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        return Progress({}, 0)
-    with f:
-        header = f.readline()
-        if not header.endswith(b"\n") or _header_fingerprint(header) is None:
-            return Progress({}, 0)
-        if _header_fingerprint(header) != fingerprint:
-            log.warning("%s belongs to another run (model, format, input or image folder changed): starting over",
-                        path)
-            return Progress({}, 0)
-        done: dict[str, ImageRecord] = {}
-        offset = end = len(header)
-        for line in f:
-            offset += len(line)
-            parsed = _parse_record(line) if line.endswith(b"\n") else None
-            if parsed is not None:
-                done[parsed[0]] = parsed[1]
-                end = offset
-    return Progress(done, end)
+    journal = read_journal(path, fingerprint, _parse_record)
+    if journal.other is not None:
+        log.warning("%s belongs to another run (model, format, input or image folder changed): starting over",
+                    path)
+    return Progress(journal.done, journal.end)
 
 
-def _header_fingerprint(line: bytes) -> dict[str, Any] | None:
-    try:
-        header = json.loads(line)
-    except ValueError:  # not JSON, or not UTF-8
-        return None
-    fingerprint = header.get("fingerprint") if isinstance(header, dict) else None
-    return fingerprint if isinstance(fingerprint, dict) else None
-
-
-def _parse_record(line: bytes) -> tuple[str, ImageRecord] | None:
-    """(image id key, record) of one progress line, or None when it is not a well-formed record."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
+def _parse_record(record: Any) -> tuple[str, ImageRecord] | None:
+    """(image id key, record) of one progress line's JSON value, or None when it is not a well-formed record."""
     if not isinstance(record, dict) or "image_id" not in record:
         return None
     fields, skipped = record.get("annotations"), record.get("skipped", {})
@@ -125,42 +105,4 @@ def open_progress(path: Path, fingerprint: dict[str, Any]) -> tuple[dict[str, Im
     A torn tail is cut off first: appending after it would glue the next record to it, and both be lost.
     """
     progress = read_progress(path, fingerprint)
-    if progress.end == 0:
-        f = path.open("wb")
-        f.write((json.dumps({"fingerprint": fingerprint}) + "\n").encode("utf-8"))
-        sync(f)
-        return {}, f
-    f = path.open("r+b")
-    f.truncate(progress.end)
-    f.seek(progress.end)
-    sync(f)
-    return progress.done, f
-
-
-def sync(f: IO[bytes]) -> None:
-    """Flush ``f`` and fsync it: what is written survives a crash."""
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def id_key(image_id: Any) -> str:
-    """A hashable key for an id of any JSON type, that survives the progress file unchanged.
-
-    Numbers are keyed by value, as pycocotools (a Python dict) matches them: 2, 2.0 and true-as-1 are one id.
-    """
-    if isinstance(image_id, bool | float) and float(image_id).is_integer():
-        image_id = int(image_id)
-    return json.dumps(image_id, sort_keys=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path`` (never a half file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return progress.done, open_journal(path, fingerprint, progress.end)
