@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 
+import cv2
 import numpy as np
 import pytest
 import skimage.data
@@ -236,3 +237,143 @@ def test_not_bytes_is_a_clear_error(bad: list) -> None:
 
 def test_docstring_examples_run() -> None:
     assert doctest.testmod(brush_rle).failed == 0
+
+
+# ---------------------------------------------------------------- the decoder's walkers, against a reference
+
+
+def reference_decode(stream: list[int], height: int, width: int, threshold: int = 0) -> np.ndarray:
+    """The format read bit by bit in plain Python: what ``brush_rle_decode`` answers, or raises, by
+    definition (a stream of valid bytes)."""
+    data = bytes(stream)
+    if len(data) < 7:
+        raise ValueError(f"brush RLE is truncated: {len(data)} bytes cannot hold its 7-byte header")
+    bits = int.from_bytes(data, "big") << 64  # zero bits after the end, as far as a chunk reads
+    n_bits = 8 * len(data)
+
+    def read(at: int, size: int) -> int:
+        return (bits >> (n_bits + 64 - at - size)) & ((1 << size) - 1)
+
+    n_words, word_bits = read(0, 32), read(32, 5) + 1
+    fields = [read(37 + 4 * k, 4) + 1 for k in range(4)]
+    if n_words != height * width * 4:
+        raise ValueError(f"brush RLE holds {n_words} values but a {height}x{width} mask needs {height * width * 4}")
+    p, runs, decoded = 53, [], 0
+    while decoded < n_words:
+        if p >= n_bits:
+            raise ValueError(f"brush RLE is truncated: it ends after {decoded} of {n_words} values")
+        repeat, size = read(p, 1), fields[read(p + 1, 2)]
+        count = read(p + 3, size) + 1
+        p += 3 + size
+        end = p + word_bits * (1 if repeat else count)
+        if end > n_bits:  # refused below, whatever the words
+            runs.append((0, count))
+        elif repeat:
+            runs.append((read(p, word_bits), count))
+        else:
+            runs.extend((read(p + k * word_bits, word_bits), 1) for k in range(count))
+        p = end
+        decoded += count
+    if p > n_bits:
+        raise ValueError(f"brush RLE is truncated: its last run needs {p - n_bits} more bits")
+    words = np.repeat([v for v, _ in runs], [n for _, n in runs])[:n_words] if runs else np.zeros(0, int)
+    return (words[3::4] > threshold).reshape(height, width)
+
+
+def outcome(decode, *args, **kwargs):
+    try:
+        return "ok", decode(*args, **kwargs)
+    except ValueError as error:
+        return "error", str(error).split(" (4 per pixel)")[0]
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[list[int], int, int]:
+    """Valid streams of binary masks, periodic ones (checkerboards), front-end-like ones (literal chunks,
+    any field and word sizes), random bytes after a header, and valid streams cut, corrupted or extended."""
+    h, w = draw(st.integers(1, 120)), draw(st.integers(1, 120))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["mask", "checker", "literal", "garbage", "cut", "extended"]))
+    mask = rng.random((h, w)) < draw(st.floats(0, 1))
+    if kind == "checker":
+        mask = np.indices((h, w)).sum(axis=0) % draw(st.integers(2, 4)) == 0
+    if kind == "literal":
+        h, w = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+        word_bits = draw(st.sampled_from([1, 2, 5, 8, 12]))
+        levels = np.array([0, (1 << word_bits) - 1, 1, (1 << word_bits) // 2])
+        runs = rng.integers(1, 40, size=int(rng.integers(1, 200)))
+        words = np.resize(np.repeat(levels[rng.integers(0, 4, size=len(runs))], runs), h * w * 4)
+        return rle_pack(words, word_bits, tuple(draw(st.lists(st.integers(1, 16), min_size=4, max_size=4)))), h, w
+    stream = brush_rle_encode(mask)
+    if kind == "garbage":
+        stream = stream[:7] + rng.integers(0, 256, size=int(rng.integers(0, 4000))).tolist()
+    elif kind == "cut":
+        stream = stream[: int(rng.integers(0, len(stream) + 1))]
+        if stream and draw(st.booleans()):
+            stream[int(rng.integers(0, len(stream)))] = int(rng.integers(0, 256))
+    elif kind == "extended":
+        stream = stream + rng.integers(0, 256, size=int(rng.integers(1, 300))).tolist()
+    return stream, h, w
+
+
+@pytest.mark.parametrize("min_blocks", [1, 8, None])
+@settings(max_examples=300, deadline=None)
+@given(case=streams(), threshold=st.sampled_from([0, 1, 127]))
+def test_walkers_decode_what_the_reference_does_and_refuse_what_it_refuses(min_blocks, case, threshold) -> None:
+    """Cut into blocks read by walkers in step (however few bits a block has), or read chunk by chunk: the
+    same mask as the reference, or the same reason to refuse the stream."""
+    stream, h, w = case
+    with pytest.MonkeyPatch.context() as patch:
+        if min_blocks is not None:
+            patch.setattr(brush_rle, "_DECODE_MIN_BLOCKS", min_blocks)
+        ours = outcome(brush_rle_decode, stream, h, w, threshold=threshold)
+    theirs = outcome(reference_decode, stream, h, w, threshold=threshold)
+    assert ours[0] == theirs[0]
+    if ours[0] == "ok":
+        assert ours[1].dtype == bool and np.array_equal(ours[1], theirs[1])
+    else:
+        assert ours[1] == theirs[1]
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.indices((600, 800)).sum(axis=0) % 2 == 0,  # the shortest runs, periodic: walkers out of step stay so
+        np.random.default_rng(4).random((600, 800)) < 0.5,
+        cv2.resize(np.random.default_rng(5).standard_normal((150, 200)).astype(np.float32), (800, 600)) > 0.4,
+    ],
+    ids=["checkerboard", "speckle", "fragmented"],
+)
+def test_large_streams_match_the_sdk(mask: np.ndarray) -> None:
+    rle = brush_rle_encode(mask)
+    assert len(rle) * 8 > brush_rle._DECODE_MIN_BLOCKS**2  # read by walkers
+    assert np.array_equal(brush_rle_decode(rle, *mask.shape), sdk_decode(rle, *mask.shape)[..., 3] > 0)
+
+
+def test_decoding_is_linear_in_the_stream(monkeypatch) -> None:
+    """Checkerboards (periodic, every run one pixel) and random bytes after a header: the walkers and the
+    chunk-by-chunk fallbacks together read each chunk a bounded number of times."""
+    read = []
+    real_walk, real_next = brush_rle._Chunks.walk, brush_rle._Chunks.next_starts
+
+    def walk(self, p, end, stop=None):
+        found, q = real_walk(self, p, end, stop)
+        read.append(len(found))
+        return found, q
+
+    def next_starts(self, p, binary=False):
+        read.append(len(p))
+        return real_next(self, p, binary)
+
+    monkeypatch.setattr(brush_rle._Chunks, "walk", walk)
+    monkeypatch.setattr(brush_rle._Chunks, "next_starts", next_starts)
+    rng = np.random.default_rng(0)
+    for stream, h, w in [
+        (brush_rle_encode(np.indices((400, 1000)).sum(axis=0) % 2 == 0), 400, 1000),
+        (brush_rle_encode(rng.random((500, 500)) < 0.5), 500, 500),
+        (brush_rle_encode(np.zeros((700, 700), dtype=bool))[:7] + rng.integers(0, 256, 300_000).tolist(), 700, 700),
+    ]:
+        read.clear()
+        outcome(brush_rle_decode, stream, h, w)
+        # A chunk is at least 5 bits: the walks read at most a few times the chunks a stream can hold.
+        assert sum(read) <= 3 * len(stream) * 8 / 5 + 4096, (sum(read), len(stream))

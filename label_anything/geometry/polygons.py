@@ -14,12 +14,16 @@ whatever it crosses. Callers that understand holes natively (shapely, GeoJSON) c
 ``mask_to_polygon_parts``, which keeps outer rings and holes apart.
 
 Cost. A noisy mask (foliage, hair, a random-weight model) has thousands of specks and pinholes, and
-building and splicing a ring for each costs far more than the pixels do. So every traced outline is first
-*measured*, all at once in a few array passes: parts below ``min_area`` are dropped and holes below it
-filled, only the ``max_parts`` largest parts and the ``max_holes`` largest holes of each part are kept, and
-only the kept rings are built and simplified. Splicing compares a bounded number of vertex pairs
-(``_MAX_BRIDGE_PAIRS``), so the whole conversion is linear in the pixels of the mask's bounding box plus
-the vertices written.
+building and splicing a ring for each costs far more than the pixels do. ``cv2.findContours`` walks the
+mask's own pixels (not a grid of 4 points per pixel); each chain is turned into its crack ring by a table
+lookup per point (``polygons_rings``), and every ring is first *measured*, all at once: parts below
+``min_area`` are dropped and holes below it filled, only the ``max_parts`` largest parts and the
+``max_holes`` largest holes of each part are kept, and only the kept rings are built and simplified. Where
+outlines are dense (speckle, a noisy answer of a few megapixels: ``_looks_speckled``), tracing them costs
+more than the pixels (~5 µs each in OpenCV), so parts and holes are labelled and selected on pixels first
+and only the kept ones traced (``polygons_select``). Both ways give the same polygons, those of tracing the
+crack grid whole. Splicing compares a bounded number of vertex pairs (``_MAX_BRIDGE_PAIRS``), so the whole
+conversion is linear in the pixels of the mask's bounding box plus the vertices written.
 
 No Label Studio knowledge here: percent coordinates live in ``label_anything.labelstudio``.
 """
@@ -31,6 +35,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from label_anything.geometry.polygons_rings import TracedChains, ring_index
+from label_anything.geometry.polygons_select import kept_only, select
 
 __all__ = [
     "PolygonPart",
@@ -47,6 +54,9 @@ _MAX_BRIDGE_PAIRS = 1_000_000
 # A chain of this many crack-grid points or fewer outlines a part of at most a few pixels (a 2 x 2 square
 # has 16): it keeps its exact outline of at most 8 vertices, there is nothing to simplify.
 _FEW_PIXELS_CHAIN = 16
+# Where a mask has more outlines than one per this many pixels, parts and holes are selected on its pixels
+# before any is traced (see ``_looks_speckled``): measured break-even of the two ways on noisy masks.
+_PIXELS_PER_OUTLINE = 1000
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,123 +80,41 @@ def _as_bool_mask(mask: np.ndarray) -> np.ndarray:
     return mask if mask.dtype == bool else mask != 0
 
 
-def _without_specks(crop: np.ndarray, min_area: float) -> np.ndarray:
-    """``crop`` (h, w) bool without the parts and with the holes whose bounding box holds fewer than
-    ``min_area`` pixels: (h, w) uint8 0/1, two labelling passes and two table lookups.
-
-    A bounding box holds at least the pixels its outline encloses, so this removes only parts and holes
-    that ``mask_to_polygon_parts`` would drop anyway, before they cost a traced contour each (OpenCV spends
-    ~13 µs per contour: on speckle, 50,000 pinholes).
-    """
-    out = crop.astype(np.uint8)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(out, connectivity=8)
-    small = stats[:, cv2.CC_STAT_WIDTH] * stats[:, cv2.CC_STAT_HEIGHT] < min_area
-    small[0] = False  # label 0: the unpainted pixels
-    if small.any():
-        out = (~small).astype(np.uint8)[labels] * out
-    h, w = out.shape
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(1 - out, connectivity=4)
-    x, y, bw, bh = (stats[:, k] for k in range(4))
-    pinhole = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (bw * bh < min_area)
-    pinhole[0] = False  # label 0: the painted pixels
-    if pinhole.any():
-        out |= pinhole.astype(np.uint8)[labels]
-    return out
-
-
 def _looks_speckled(crop: np.ndarray) -> bool:
-    """Whether the runs of a crop's rows (every 8th row sampled) are shorter than 16 pixels on average:
-    speckle, where thousands of specks and pinholes make removing them first pay. On smoother masks (an
-    object, a fragmented model answer at 4000 x 3000) the two labelling passes cost more than they save."""
-    sample = crop[::8]
-    return 16 * np.count_nonzero(sample[:, 1:] != sample[:, :-1]) > sample.size
+    """Whether the crop has more than one outline per ``_PIXELS_PER_OUTLINE`` pixels, estimated from every
+    7th pair of rows: speckle, or a noisy model answer at a few million pixels or less. There, selecting on
+    pixels before tracing (``polygons_select``, about 7 ns a pixel) costs less than tracing every outline
+    (about 5 µs each in ``findContours``); on smoother masks (an object, a noisy answer at 4000 x 3000) it
+    costs more than it saves.
 
-
-def _crack_grid(mask: np.ndarray) -> np.ndarray:
-    # Sample the plane twice per pixel: grid point (2r + 2, 2c + 2) is the centre of pixel (r, c), and odd
-    # indices lie on pixel edges (corners where both are odd). A point is on when the *closed* square of a
-    # painted pixel holds it, so the border points of the grid lie exactly on the cracks between painted
-    # and unpainted pixels, and findContours (which walks border points) walks the pixel edges. The grid
-    # has one point of margin on each side, which keeps contours off the array border.
-    h, w = mask.shape
-    centres = np.zeros((2 * h + 3, 2 * w + 3), dtype=np.uint8)
-    centres[2:-1:2, 2:-1:2] = mask
-    return cv2.dilate(centres, np.ones((3, 3), dtype=np.uint8))
-
-
-def _ring_index(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For rings stored one after the other (``lengths`` (R,) > 0): each ring's first index (R,), and for
-    every vertex the index of the next and of the previous vertex of its own ring (N,) (closing the ring)."""
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    nxt = np.arange(1, int(ends[-1]) + 1)
-    nxt[ends - 1] = starts
-    prv = np.arange(-1, int(ends[-1]) - 1)
-    prv[starts] = ends - 1
-    return starts, nxt, prv
-
-
-def _stacked(chains: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Contours as ``findContours`` gives them ((L, 1, 2) int32 each) → all points (N, 2) int64, lengths (R,)."""
-    lengths = np.fromiter((len(c) for c in chains), dtype=np.int64, count=len(chains))
-    return np.concatenate(chains)[:, 0].astype(np.int64), lengths
-
-
-def _corner_rings(chains: Sequence[np.ndarray], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact pixel-edge rings of crack-grid chains, all at once: vertices (N, 2) int64 grid points, lengths (R,).
-
-    findContours follows 8-connected border points, so at every concave corner of the cracks (and every
-    corner of a hole) it steps diagonally past the corner point, cutting off an eighth of a pixel. The
-    corner is put back (of the two points that complete the diagonal step, it is the one that is on), then
-    only the turning points are kept.
+    The estimate is the Euler number (parts less holes) of the sampled pairs of rows, from their 2 x 2
+    windows: one painted pixel counts +1/4, three -1/4, two on a diagonal -1/2 (8-connected parts).
     """
-    points, lengths = _stacked(chains)
-    starts, nxt, _ = _ring_index(lengths)
-    following = points[nxt]
-    diagonal = (points[:, 0] != following[:, 0]) & (points[:, 1] != following[:, 1])
-    corner = np.stack([points[:, 0], following[:, 1]], axis=1)
-    off = grid[corner[:, 1], corner[:, 0]] == 0
-    corner[off] = np.stack([following[off, 0], points[off, 1]], axis=1)
-    at = np.arange(len(points)) + np.cumsum(diagonal) - diagonal  # each corner goes right after its point
-    ring = np.empty((len(points) + int(diagonal.sum()), 2), dtype=np.int64)
-    ring[at] = points
-    ring[at[diagonal] + 1] = corner[diagonal]
-    lengths = lengths + np.add.reduceat(diagonal.astype(np.int64), starts)
-    starts, nxt, prv = _ring_index(lengths)
-    step = ring[nxt] - ring
-    turning = np.any(step != step[prv], axis=1)
-    return ring[turning], np.add.reduceat(turning.astype(np.int64), starts)
+    top = crop[: len(crop) - 1 : 7].astype(np.int8)
+    below = crop[1::7][: len(top)].astype(np.int8)
+    window = top[:, :-1] + top[:, 1:] + below[:, :-1] + below[:, 1:]
+    corners = np.count_nonzero(window == 1) - np.count_nonzero(window == 3)
+    diagonals = np.count_nonzero((window == 2) & (top[:, :-1] == below[:, 1:]))
+    return 7 * abs(corners - 2 * diagonals) / 4 * _PIXELS_PER_OUTLINE > crop.size
 
 
 def _oriented(points: np.ndarray, lengths: np.ndarray, positive: np.ndarray) -> list[np.ndarray]:
     """Rings stored one after the other ((N, 2) float64, lengths (R,)) → one (L, 2) array per ring, wound
     with a positive shoelace area where ``positive`` (R,) bool, else negative, and starting at its top-left
-    vertex (so that the same mask always gives the same lists)."""
-    starts, nxt, _ = _ring_index(lengths)
+    vertex (the first of the topmost, leftmost ones: so that the same mask always gives the same lists)."""
+    starts, nxt, _ = ring_index(lengths)
     x, y = points[:, 0], points[:, 1]
     flip = (np.add.reduceat(x * y[nxt] - x[nxt] * y, starts) > 0) != positive
     ring = np.repeat(np.arange(len(lengths)), lengths)
     size, first = lengths[ring], starts[ring]
-    top_left = np.lexsort((x, y, ring))[starts] - starts  # per ring, the index of its top-left vertex
-    start = np.where(flip, lengths - 1 - top_left, top_left)[ring]
+    top = y == np.minimum.reduceat(y, starts)[ring]
+    top_left = top & (x == np.minimum.reduceat(np.where(top, x, np.inf), starts)[ring])
+    corner = np.minimum.reduceat(np.where(top_left, np.arange(len(x)), len(x)), starts) - starts
+    start = np.where(flip, lengths - 1 - corner, corner)[ring]
     at = (np.arange(len(points)) - first + start) % size
-    source = first + np.where(flip[ring], size - 1 - at, at)
-    return np.split(points[source], np.cumsum(lengths)[:-1])
-
-
-def _outline_areas(contours: Sequence[np.ndarray], hole: np.ndarray) -> np.ndarray:
-    """(N,) float64: the area in pixels of each traced outline's exact pixel-edge ring, for all at once.
-
-    A chain of the crack grid steps diagonally past every concave corner of its part (every corner of a
-    hole), which adds to the painted side a triangle of 1/8 pixel (a half grid cell): the exact ring's area
-    is the chain's minus that much per diagonal step for an outer ring, plus it for a hole.
-    """
-    points, lengths = _stacked(contours)
-    starts, nxt, _ = _ring_index(lengths)
-    x, y = points[:, 0], points[:, 1]
-    twice_area = np.add.reduceat(x * y[nxt] - x[nxt] * y, starts)  # grid units: 4 per pixel
-    diagonals = np.add.reduceat(((x != x[nxt]) & (y != y[nxt])).astype(np.int64), starts)
-    return np.abs(twice_area) / 8.0 + np.where(hole, 1.0, -1.0) * diagonals / 8.0
+    source = points[first + np.where(flip[ring], size - 1 - at, at)]
+    ends = np.cumsum(lengths)
+    return [source[i:j] for i, j in zip((ends - lengths).tolist(), ends.tolist(), strict=True)]
 
 
 def mask_to_polygon_parts(
@@ -233,72 +161,42 @@ def mask_to_polygon_parts(
     if rows.size == 0:
         return []
     cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    # Contours of the bounding crop only: the grid is 4x the crop, not 4x the image.
+    # Contours of the bounding crop only, with a margin of one unpainted pixel all round.
     crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    if min_area > 1 and _looks_speckled(crop):
-        crop = _without_specks(crop, min_area)
-    grid = _crack_grid(crop)
-    contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-    if not contours:  # speckle whose every part was below min_area, removed before tracing
-        return []
-    links = hierarchy[0]  # per contour: next sibling, previous sibling, first child, parent
+    pad = np.zeros((crop.shape[0] + 2, crop.shape[1] + 2), dtype=np.uint8)
+    pad[1:-1, 1:-1] = crop
+    drops = min_area > 1 or max_parts is not None or max_holes is not None
+    if drops and _looks_speckled(crop):
+        pad = kept_only(pad, min_area, max_parts, max_holes)
+        if pad is None:
+            return []
+    contours, hierarchy = cv2.findContours(pad, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     # RETR_CCOMP: top-level contours are outer rings, and the children of each are its holes. Every ring is
     # measured first (vectorised); only the kept ones are built, so specks and pinholes cost next to nothing.
-    hole = links[:, 3] != -1
-    area = _outline_areas(contours, hole)
-    big = area >= min_area
-    tops = np.flatnonzero(~hole & big)
-    if max_parts is not None and len(tops) > max_parts:
-        tops = np.sort(tops[np.argsort(-area[tops], kind="stable")[:max_parts]])
-    parts: list[list[int]] = []  # per kept part: its outer contour, then its kept holes
-    for i in tops:
-        children = []
-        child = links[i, 2]
-        while child != -1:
-            if big[child]:
-                children.append(int(child))
-            child = links[child, 0]
-        if max_holes is not None and len(children) > max_holes:
-            children = sorted(sorted(children, key=lambda c: -area[c])[:max_holes])
-        parts.append([int(i), *children])
-    if not parts:
+    parent = hierarchy[0][:, 3]
+    hole = parent != -1
+    chains = TracedChains.of(contours)
+    x0, y0 = chains.first()
+    key = y0 * pad.shape[1] + x0  # reading order of each chain's first pixel
+    kept = select(chains.areas(), key, parent, ~hole, min_area, max_parts, max_holes)
+    outer = np.flatnonzero(kept & ~hole)
+    if outer.size == 0:
         return []
-    kept = [c for part in parts for c in part]
-    points, lengths = _traced_rings([contours[c] for c in kept], grid, tolerance)
+    inner = np.flatnonzero(kept & hole)
+    # Each kept part's outer ring, then its kept holes, the later first pixel first (findContours' order).
+    ids = np.r_[outer, inner]
+    ids = ids[np.lexsort((np.r_[np.zeros_like(outer), -key[inner]], hole[ids], np.r_[outer, parent[inner]]))]
+    points, lengths = chains.rings(ids, hole[ids]).grid_rings(tolerance, _FEW_PIXELS_CHAIN)
     # Grid point (j, i) is the pixel-edge point ((j - 1) / 2, (i - 1) / 2) of the crop.
     origin = np.array([cols[0] - 0.5, rows[0] - 0.5])
-    rings = iter(_oriented(points / 2.0 + origin, lengths, ~hole[kept]))
-    out = []
-    for part in parts:
-        outer = next(rings)
-        out.append(PolygonPart(outer, tuple(next(rings) for _ in part[1:])))
+    oriented = _oriented(points / 2.0 + origin, lengths, ~hole[ids])
+    starts = np.flatnonzero(~hole[ids])
+    out = [
+        PolygonPart(oriented[a], tuple(oriented[a + 1 : b]))
+        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(ids)], strict=True)
+    ]
     out.sort(key=lambda part: (part.outer[0, 1], part.outer[0, 0]))
     return out
-
-
-def _traced_rings(chains: Sequence[np.ndarray], grid: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
-    """The ring of each crack-grid chain, in grid points: (N, 2) float64 stacked, lengths (R,).
-
-    With ``tolerance > 0``: the outline through the midpoints of the unit cracks (one odd grid coordinate,
-    one even; the marching-squares outline, smoother than the staircase of corners, so Douglas-Peucker
-    keeps fewer vertices), simplified. Exact corner rings otherwise, for chains of a few pixels (nothing
-    to simplify) and for rings that would collapse below 3 vertices.
-    """
-    rings: list[np.ndarray | None] = [None] * len(chains)
-    if tolerance > 0:
-        for k, chain in enumerate(chains):
-            if len(chain) > _FEW_PIXELS_CHAIN:
-                c = chain[:, 0]
-                simple = cv2.approxPolyDP(c[((c[:, 0] ^ c[:, 1]) & 1) == 1], 2.0 * tolerance, closed=True)
-                if len(simple) >= 3:
-                    rings[k] = simple[:, 0]
-    exact = [k for k, r in enumerate(rings) if r is None]
-    if exact:
-        corners, sizes = _corner_rings([chains[k] for k in exact], grid)
-        for k, ring in zip(exact, np.split(corners, np.cumsum(sizes)[:-1]), strict=True):
-            rings[k] = ring
-    lengths = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
-    return np.concatenate(rings).astype(np.float64), lengths
 
 
 def splice_rings(ring: np.ndarray, others: Sequence[np.ndarray]) -> np.ndarray:
@@ -317,10 +215,12 @@ def splice_rings(ring: np.ndarray, others: Sequence[np.ndarray]) -> np.ndarray:
     [[0.0, 0.0], [1.0, 1.0], [1.0, 2.0], [2.0, 2.0], [2.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
     """
     ring = np.asarray(ring, dtype=np.float64)
-    if not others:
+    if not len(others):
         return ring
-    others = [np.asarray(other, dtype=np.float64) for other in others]
-    heads = np.array([other[0] for other in others])
+    sizes = np.fromiter((len(other) for other in others), dtype=np.int64, count=len(others))
+    stack = np.concatenate(others, dtype=np.float64).reshape(-1, 2)
+    offsets = np.cumsum(sizes) - sizes
+    heads = stack[offsets]
     stride = -(-len(ring) * len(heads) // _MAX_BRIDGE_PAIRS)  # ceil
     candidates = ring[::stride]
     nearest = np.empty(len(heads), dtype=np.int64)
@@ -329,15 +229,19 @@ def splice_rings(ring: np.ndarray, others: Sequence[np.ndarray]) -> np.ndarray:
         h = heads[a : a + rows]
         d2 = np.square(h[:, None, 0] - candidates[None, :, 0]) + np.square(h[:, None, 1] - candidates[None, :, 1])
         nearest[a : a + rows] = np.argmin(d2, axis=1) * stride
-    # ring[..j], other, other[0], back to ring[j..]: the cut ring[j] -> other[0] is walked both ways.
-    pieces: list[np.ndarray] = []
-    at = 0
-    for k in np.argsort(nearest, kind="stable"):
-        j = int(nearest[k])
-        pieces += [ring[at : j + 1], others[k], others[k][:1]]
-        at = j
-    pieces.append(ring[at:])
-    return np.concatenate(pieces)
+    # ring[..j], other, other[0], back to ring[j..]: the cut ring[j] -> other[0] is walked both ways. All the
+    # pieces are ranges of ring and the others stacked after it, gathered in one pass.
+    order = np.argsort(nearest, kind="stable")
+    j = nearest[order]
+    n = len(order)
+    first = np.empty(3 * n + 1, dtype=np.int64)
+    count = np.empty(3 * n + 1, dtype=np.int64)
+    first[0:-1:3], count[0:-1:3] = np.r_[0, j[:-1]], j - np.r_[0, j[:-1]] + 1
+    first[1::3], count[1::3] = len(ring) + offsets[order], sizes[order]
+    first[2::3], count[2::3] = len(ring) + offsets[order], 1
+    first[-1], count[-1] = j[-1], len(ring) - j[-1]
+    source = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+    return np.concatenate([ring, stack])[source]
 
 
 def polygon_part_to_polygon(part: PolygonPart) -> np.ndarray:
