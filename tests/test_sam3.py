@@ -195,6 +195,18 @@ def test_refinement_with_the_previous_logits_equals_predict_inst(sam3_model, sam
     assert abs(float(ours.scores[0]) - float(scores[0])) <= 1e-3
 
 
+def test_logits_of_another_model_are_a_prompt_error_not_a_crash(sam3_model, sam3_chelsea_embedding,
+                                                                 mobile_sam_model, chelsea):
+    """SAM 3 answers (1, 288, 288) logits, SAM 1 / 2.1 (1, 256, 256): refining with the other's is refused."""
+    from label_anything.engine import encode
+
+    sam1 = encode(mobile_sam_model, chelsea, "chelsea")
+    with pytest.raises(PromptError, match=r"\(1, 288, 288\) logits"):
+        sam3_model.decode(sam3_chelsea_embedding, Prompt.from_lists([CLICK], mask_logits=np.zeros((1, 256, 256))))
+    with pytest.raises(PromptError, match=r"\(1, 256, 256\) logits"):
+        mobile_sam_model.decode(sam1, Prompt.from_lists([CLICK], mask_logits=np.zeros((1, 288, 288))))
+
+
 def test_clicks_from_many_threads_equal_one_at_a_time(sam3_model, sam3_chelsea_embedding):
     prompts = [Prompt.from_lists(points=[(60.0 + 40 * i, 150.0)]) for i in range(6)]
     alone = [sam3_model.decode(sam3_chelsea_embedding, p).masks for p in prompts]

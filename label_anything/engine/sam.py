@@ -18,6 +18,7 @@ import torch
 from label_anything.engine.prompts import Prompt
 from label_anything.engine.sam_inputs import LowResDecoder, sam_point_inputs
 from label_anything.engine.types import Embedding, ModelInfo, Segmentation
+from label_anything.errors import PromptError
 from label_anything.geometry.upscale import sam_logits_to_masks
 
 
@@ -175,6 +176,8 @@ class SamModel:
             raise ValueError(f"keep must be 'best' or 'all', got {keep!r}")
         if multimask is None:
             multimask = prompt.is_single_click
+        if prompt.mask_logits is not None and prompt.mask_logits.shape != (1, 256, 256):
+            raise PromptError(f"SAM refines with its own (1, 256, 256) logits, got {prompt.mask_logits.shape}")
         original_size = embedding.original_size
         points = None
         if len(prompt.points):

@@ -22,7 +22,7 @@ import torch
 
 from label_anything.engine.prompts import Prompt
 from label_anything.engine.types import Embedding, ModelInfo, Segmentation
-from label_anything.errors import LabelAnythingError
+from label_anything.errors import LabelAnythingError, PromptError
 from label_anything.geometry.upscale import upscale_to_mask
 
 SAM2_CONFIGS = ("tiny", "small", "base_plus", "large")
@@ -143,39 +143,11 @@ class Sam2Model:
             raise ValueError(f"embedding lacks {missing[0]}: not a SAM 2 embedding")
         if multimask is None:
             multimask = prompt.is_single_click
-        net = self.network
         h, w = embedding.original_size
-        coords_parts: list[torch.Tensor] = []
-        label_parts: list[torch.Tensor] = []
-        if prompt.box is not None:  # the box goes first, as two corner points labelled 2 and 3
-            box = torch.as_tensor(prompt.box, dtype=torch.float, device=self.device).reshape(2, 2)
-            coords_parts.append(self._scale(box, w, h))
-            label_parts.append(torch.tensor([2, 3], dtype=torch.int, device=self.device))
-        if len(prompt.points):
-            pts = torch.as_tensor(prompt.points, dtype=torch.float, device=self.device)
-            coords_parts.append(self._scale(pts, w, h))
-            label_parts.append(torch.as_tensor(prompt.point_labels, dtype=torch.int, device=self.device))
-        points = (torch.cat(coords_parts)[None], torch.cat(label_parts)[None])
-        masks_in = None
-        if prompt.mask_logits is not None:
-            masks_in = torch.as_tensor(prompt.mask_logits, dtype=torch.float, device=self.device)[None]
-        sparse, dense = net.sam_prompt_encoder(points=points, boxes=None, masks=masks_in)
-        low_res, iou, _, _ = net.sam_mask_decoder(
-            image_embeddings=self._tensor(embedding, "features"),
-            image_pe=self._image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-            repeat_image=False,
-            high_res_features=[
-                self._tensor(embedding, "high_res_feats_0"),
-                self._tensor(embedding, "high_res_feats_1"),
-            ],
+        low_res, iou = sam2_style_logits(
+            self.network, self._image_pe, [self._tensor(embedding, k) for k in FEATURE_KEYS], prompt,
+            (h, w), self.resolution, multimask=multimask, keep=keep,
         )
-        low_res, iou = low_res[0], iou[0]  # (C, 256, 256), (C,)
-        if keep == "best" and len(iou) > 1:
-            i = int(torch.argmax(iou))
-            low_res, iou = low_res[i : i + 1], iou[i : i + 1]
         return Segmentation(
             masks=self._masks(low_res, (h, w)),
             scores=iou.float().cpu().numpy(),
@@ -195,12 +167,70 @@ class Sam2Model:
         masks = torch.nn.functional.interpolate(low_res[None].float(), size, mode="bilinear", align_corners=False)
         return (masks[0] > self.mask_threshold).cpu().numpy()
 
-    def _scale(self, xy: torch.Tensor, w: int, h: int) -> torch.Tensor:
-        """Pixels of the original image → the model's 1024 × 1024 input frame (``transform_coords``)."""
-        xy = xy.clone()
-        xy[..., 0] = xy[..., 0] / w
-        xy[..., 1] = xy[..., 1] / h
-        return xy * self.resolution
+
+
+def sam2_style_logits(
+    network: torch.nn.Module,
+    image_pe: torch.Tensor,
+    features: list[torch.Tensor],
+    prompt: Prompt,
+    size: tuple[int, int],
+    resolution: int,
+    *,
+    multimask: bool,
+    keep: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt encoder and mask decoder of a SAM 2 network (SAM 2.1's, or SAM 3's click tracker), as the
+    official image predictor's ``_predict`` runs them: (C, S, S) low-res logits and (C,) predicted IoU.
+
+    Args:
+        network: has ``sam_prompt_encoder`` and ``sam_mask_decoder``.
+        image_pe: ``sam_prompt_encoder.get_dense_pe()``, computed once per model.
+        features: the image embedding (1, 256, s, s) and the two high-resolution maps, as ``FEATURE_KEYS``.
+        prompt: pixels of the original image of ``size`` (H, W); the box goes first, as two corner points
+            labelled 2 and 3; every coordinate is scaled to the ``resolution`` × ``resolution`` input frame
+            (``SAM2Transforms.transform_coords``).
+        keep: "best" = only the top-scoring candidate, "all" = every one.
+    """
+    device = image_pe.device
+    h, w = size
+    size_xy = torch.tensor([w, h], dtype=torch.float, device=device)
+
+    def to_input_frame(xy: torch.Tensor) -> torch.Tensor:  # as ``transform_coords``: / size, then * resolution
+        return xy / size_xy * resolution
+
+    coords: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    if prompt.box is not None:
+        coords.append(to_input_frame(torch.as_tensor(prompt.box, dtype=torch.float, device=device).reshape(2, 2)))
+        labels.append(torch.tensor([2, 3], dtype=torch.int, device=device))
+    if len(prompt.points):
+        coords.append(to_input_frame(torch.as_tensor(prompt.points, dtype=torch.float, device=device)))
+        labels.append(torch.as_tensor(prompt.point_labels, dtype=torch.int, device=device))
+    masks_in = None
+    if prompt.mask_logits is not None:
+        side = 4 * int(features[0].shape[-1])  # the decoder's own low-res answer: 4 × the embedding's side
+        if prompt.mask_logits.shape != (1, side, side):
+            raise PromptError(f"this model refines with its own (1, {side}, {side}) logits, got "
+                              f"{prompt.mask_logits.shape}")
+        masks_in = torch.as_tensor(prompt.mask_logits, dtype=torch.float, device=device)[None]
+    sparse, dense = network.sam_prompt_encoder(
+        points=(torch.cat(coords)[None], torch.cat(labels)[None]), boxes=None, masks=masks_in
+    )
+    low_res, iou, _, _ = network.sam_mask_decoder(
+        image_embeddings=features[0],
+        image_pe=image_pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=False,
+        high_res_features=features[1:],
+    )
+    low_res, iou = low_res[0], iou[0]
+    if keep == "best" and len(iou) > 1:
+        i = int(torch.argmax(iou))
+        low_res, iou = low_res[i : i + 1], iou[i : i + 1]
+    return low_res, iou
 
 
 def sam2_version_of(state: dict) -> str:

@@ -38,6 +38,7 @@ import torch
 
 from label_anything.engine.concepts import ConceptPrompt, Instances
 from label_anything.engine.prompts import Prompt
+from label_anything.engine.sam2 import sam2_style_logits
 from label_anything.engine.types import Embedding, ModelInfo, Segmentation
 from label_anything.errors import CheckpointError, LabelAnythingError
 from label_anything.geometry.coords import xyxy_to_unit_cxcywh
@@ -344,37 +345,10 @@ class Sam3Model:
         if multimask is None:
             multimask = prompt.is_single_click
         h, w = embedding.original_size
-        coords: list[torch.Tensor] = []
-        labels: list[torch.Tensor] = []
-        if prompt.box is not None:  # the box first, as two corner points labelled 2 and 3
-            box = torch.as_tensor(prompt.box, dtype=torch.float, device=self.device).reshape(2, 2)
-            coords.append(self._to_input_frame(box, w, h))
-            labels.append(torch.tensor([2, 3], dtype=torch.int, device=self.device))
-        if len(prompt.points):
-            pts = torch.as_tensor(prompt.points, dtype=torch.float, device=self.device)
-            coords.append(self._to_input_frame(pts, w, h))
-            labels.append(torch.as_tensor(prompt.point_labels, dtype=torch.int, device=self.device))
-        masks_in = None
-        if prompt.mask_logits is not None:
-            masks_in = torch.as_tensor(prompt.mask_logits, dtype=torch.float, device=self.device)[None]
-            if masks_in.shape[-2:] != (SAM3_LOW_RES_SIZE, SAM3_LOW_RES_SIZE):
-                raise ValueError(f"SAM 3 refines with its own (1, 288, 288) logits, got {tuple(masks_in.shape[1:])}")
-        sparse, dense = self._tracker.sam_prompt_encoder(
-            points=(torch.cat(coords)[None], torch.cat(labels)[None]), boxes=None, masks=masks_in
+        low_res, iou = sam2_style_logits(
+            self._tracker, self._click_pe, [self._tensor(embedding, k) for k in TRACKER_KEYS], prompt, (h, w),
+            SAM3_RESOLUTION, multimask=multimask, keep=keep,
         )
-        low_res, iou, _, _ = self._tracker.sam_mask_decoder(
-            image_embeddings=self._tensor(embedding, "features"),
-            image_pe=self._click_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-            repeat_image=False,
-            high_res_features=[self._tensor(embedding, k) for k in ("high_res_feats_0", "high_res_feats_1")],
-        )
-        low_res, iou = low_res[0], iou[0]  # (C, 288, 288), (C,)
-        if keep == "best" and len(iou) > 1:
-            i = int(torch.argmax(iou))
-            low_res, iou = low_res[i : i + 1], iou[i : i + 1]
         # The official post-processing fills small holes of the low-res logits before upscaling.
         masks = self._click_transforms.postprocess_masks(low_res[None], (h, w))[0] > self.mask_threshold
         return Segmentation(
@@ -382,13 +356,6 @@ class Sam3Model:
             scores=iou.float().cpu().numpy(),
             low_res_logits=torch.clamp(low_res, -32.0, 32.0).float().cpu().numpy(),
         )
-
-    def _to_input_frame(self, xy: torch.Tensor, w: int, h: int) -> torch.Tensor:
-        """Pixels of the original image → the 1008 × 1008 input frame (``SAM2Transforms.transform_coords``)."""
-        xy = xy.clone()
-        xy[..., 0] = xy[..., 0] / w
-        xy[..., 1] = xy[..., 1] / h
-        return xy * SAM3_RESOLUTION
 
     # -- concepts ------------------------------------------------------------------------------------
     def text_features(self, text: str) -> dict[str, torch.Tensor]:
