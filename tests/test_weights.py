@@ -262,7 +262,9 @@ def test_missing_file_and_bad_names():
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model("sam", "vit_b", "/nonexistent/sam.pth", device="cpu")
     with pytest.raises(Exception, match="unknown model"):
-        choose_model("sam3")
+        choose_model("sam4")
+    with pytest.raises(CheckpointError, match=r"download sam3.*gated.*HF_TOKEN"):  # known, gated, not downloaded
+        choose_model("sam3", cache_dir=Path("/nonexistent-cache"))
     with pytest.raises(Exception, match="no config"):
         choose_model("mobile_sam", "vit_h")
 

@@ -142,10 +142,12 @@ _build_lock = threading.Lock()
 
 @contextlib.contextmanager
 def _built_on(device: str) -> Iterator[None]:
-    """While building: sam3's hard-coded ``"cuda"`` tensors go to ``device`` when it is not a GPU."""
+    """While building: sam3's hard-coded ``"cuda"`` tensors go to ``device`` when it is not the current GPU
+    (the CPU, or ``cuda:N`` beside it: those tensors are caches, not parameters, and ``.to()`` would not move
+    them)."""
     from sam3.model import decoder, position_encoding
 
-    if device.startswith("cuda"):
+    if _is_current_gpu(device):
         yield
         return
     with _build_lock:  # the modules' ``torch`` name is swapped for the build only
@@ -155,6 +157,13 @@ def _built_on(device: str) -> Iterator[None]:
             yield
         finally:
             position_encoding.torch, decoder.torch = saved
+
+
+def _is_current_gpu(device: str) -> bool:
+    """``device`` is what sam3's own ``"cuda"`` means: the current CUDA device."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    return torch.device(device).index in (None, torch.cuda.current_device())
 
 
 _pin_patch_lock = threading.Lock()
@@ -193,7 +202,7 @@ def build_sam3_network(device: str = "cpu") -> torch.nn.Module:
     with _built_on(device), _without_sam3_noise():
         network = build_sam3_image_model(
             bpe_path=str(bpe_vocab_path()),
-            device="cuda" if device.startswith("cuda") else "cpu",
+            device="cuda" if _is_current_gpu(device) else "cpu",  # else built on the CPU, then moved
             eval_mode=True,
             checkpoint_path=None,
             load_from_HF=False,
