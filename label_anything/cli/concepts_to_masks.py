@@ -28,6 +28,7 @@ from label_anything.app.concepts_to_masks import (
 from label_anything.app.concepts_to_masks.run import COMMAND
 from label_anything.app.ray_pool import PoolOptions
 from label_anything.cli.options import (
+    add_concept_threshold_argument,
     add_image_host_arguments,
     add_model_arguments,
     add_ray_arguments,
@@ -35,9 +36,8 @@ from label_anything.cli.options import (
     env,
     load_model_from_args,
     positive_int,
-    unit_float,
 )
-from label_anything.engine.concepts import DEFAULT_CONCEPT_THRESHOLD, DUPLICATE_IOU
+from label_anything.engine.concepts import DUPLICATE_IOU
 from label_anything.errors import LabelAnythingError
 
 NO_CONCEPTS = ("no concepts to look for: give --concepts 'person=person,pedestrian;car=car' or --concept cat "
@@ -90,10 +90,7 @@ def add_concepts_to_masks_parser(subparsers) -> argparse.ArgumentParser:
                         "score stays; see --keep-duplicates). Default: the COCO file's category names")
     c.add_argument("--concept", dest="concepts", type=_concept, action="append", metavar="NAME[=PHRASE,...]",
                    help="one category (repeatable; combines with --concepts, in command-line order)")
-    c.add_argument("--concept-threshold", type=unit_float, metavar="F",
-                   default=env("LABEL_ANYTHING_CONCEPT_THRESHOLD", str(DEFAULT_CONCEPT_THRESHOLD)),
-                   help="keep instances scoring above F, from 0 to 1, as serve's option [env "
-                        "LABEL_ANYTHING_CONCEPT_THRESHOLD; default: %(default)s, SAM 3's own]")
+    add_concept_threshold_argument(c, "keep the instances")
     c.add_argument("--keep-duplicates", dest="merge", action="store_false",
                    help="keep every instance of every phrase, even the same object found by two phrases")
     p.add_argument("--restart", action="store_true",

@@ -147,6 +147,20 @@ def unit_float(text: str) -> float:
     return value
 
 
+CONCEPT_THRESHOLD_ENV = "LABEL_ANYTHING_CONCEPT_THRESHOLD"
+
+
+def add_concept_threshold_argument(group: argparse.ArgumentParser | Any, what: str) -> None:
+    """``--concept-threshold`` (SAM 3), one rule for serve, segment and concepts-to-masks: a score in [0, 1],
+    env ``LABEL_ANYTHING_CONCEPT_THRESHOLD``, default the official 0.5. ``what``: what it keeps, for --help."""
+    from label_anything.engine.concepts import DEFAULT_CONCEPT_THRESHOLD
+
+    group.add_argument("--concept-threshold", type=unit_float, metavar="SCORE",
+                       default=env(CONCEPT_THRESHOLD_ENV, str(DEFAULT_CONCEPT_THRESHOLD)),
+                       help=f"{what} scoring above SCORE, from 0 to 1 [env {CONCEPT_THRESHOLD_ENV}; default: "
+                            f"%(default)s, SAM 3's own]")
+
+
 def concept_map(text: str) -> dict[str, tuple[str, ...]]:
     """argparse ``type`` for ``--concepts`` (``engine.concepts.parse_concepts_spec``): label → phrases; ``LABEL=``
     (no phrase) keeps the label out.

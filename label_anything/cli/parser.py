@@ -13,12 +13,12 @@ from pathlib import Path
 from label_anything import __version__
 from label_anything.cli.options import (
     Parser,
+    add_concept_threshold_argument,
     add_model_arguments,
     env,
     load_model_from_args,
     positive_int,
     print_error,
-    unit_float,
 )
 from label_anything.errors import LabelAnythingError
 
@@ -256,8 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--exemplar", type=_exemplar, action="append", default=[], metavar="X0,Y0,X1,Y1[,1|0]",
                      help="SAM 3: a box around one example of the concept (,0: around something that is not); "
                           "alone or with --concept; repeat for more")
-    seg.add_argument("--concept-threshold", type=unit_float, default=0.5, metavar="SCORE",
-                     help="SAM 3: keep instances scoring above this (default: %(default)s, the official one)")
+    add_concept_threshold_argument(seg, "SAM 3: keep the instances")
     seg.add_argument("--out", default="mask.png", help="mask PNG to write (default: %(default)s)")
     seg.add_argument("--json", action="store_true", help='print {"score", "bbox": [x, y, w, h], "area"} on stdout')
     seg.add_argument("--demo", action="store_true", help="segment the cat in scikit-image's 'chelsea' photo")

@@ -20,6 +20,7 @@ from label_anything.app.concepts import ConceptOptions
 from label_anything.app.interactive import Backend, ServeOptions
 from label_anything.cli.options import (
     add_cache_url_arguments,
+    add_concept_threshold_argument,
     add_image_host_arguments,
     add_model_arguments,
     allowed_image_hosts,
@@ -30,7 +31,6 @@ from label_anything.cli.options import (
     port_number,
     positive_int,
     shared_level_from_args,
-    unit_float,
 )
 from label_anything.engine.cache import EmbeddingCache
 from label_anything.engine.concepts import DEFAULT_CONCEPT_THRESHOLD
@@ -115,13 +115,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         "label; with SAM 3 this comes before --label-concepts [env LABEL_ANYTHING_BOXES_TO_MASKS; default: on]",
     )
     sam3 = p.add_argument_group("SAM 3 concepts (--model-name sam3)")
-    sam3.add_argument(
-        "--concept-threshold",
-        type=unit_float,
-        default=env("LABEL_ANYTHING_CONCEPT_THRESHOLD", str(DEFAULT_CONCEPT_THRESHOLD)),
-        metavar="SCORE",
-        help="answer the instances of a concept (typed in a TextArea, a label's name, a find-similar box) that "
-        "score above this [env LABEL_ANYTHING_CONCEPT_THRESHOLD; default: %(default)s]",
+    add_concept_threshold_argument(
+        sam3, "answer the instances of a concept (typed in a TextArea, a label's name, a find-similar box)"
     )
     sam3.add_argument(
         "--label-concepts",
