@@ -89,3 +89,21 @@ def test_segment_onnx_decoder_gives_the_torch_mask(photo, random_checkpoint, tmp
     assert list((tmp_path / "onnx").glob("*.onnx"))  # the exported decoder is cached
     a, b = masks["torch"], masks["onnx"]
     assert a.any() and (a & b).sum() / (a | b).sum() >= 0.999
+
+
+def test_segment_concept_with_a_click_model_is_refused_before_the_encoder(photo, random_checkpoint, tmp_path,
+                                                                          monkeypatch, capsys):
+    """A refusal must not cost an encode (seconds for SAM, a minute for big models on a CPU)."""
+    import label_anything.engine as engine
+    from label_anything.cli import main
+
+    def no_encode(*args, **kwargs):
+        raise AssertionError("encoded before refusing")
+
+    monkeypatch.setattr(engine, "encode", no_encode)
+    code = main(["segment", str(photo), "--concept", "cat", "--model-name", "mobile_sam", "--checkpoint",
+                 str(random_checkpoint("mobile_sam", "vit_t")), "--device", "cpu", "--cache-dir", str(tmp_path),
+                 "--out", str(tmp_path / "m.png")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "need SAM 3" in err and err.count("\n") == 1

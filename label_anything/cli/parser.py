@@ -84,6 +84,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for x0, y0, x1, y1, _ in args.exemplar:
         _check_inside(image, [], (x0, y0, x1, y1), flag="--exemplar")
     model = load_model_from_args(args)
+    if concept:
+        _require_concepts(model)  # before the encoder: seconds spent on a refusal otherwise
     embedding = _embedding(model, image, args)
     if concept:
         return _segment_instances(model, embedding, image, args)
@@ -125,11 +127,8 @@ def _segment_one(model, embedding, image, args: argparse.Namespace) -> int:
 
 def _segment_instances(model, embedding, image, args: argparse.Namespace) -> int:
     """Every instance of --concept / --exemplar: one PNG per instance, ``<out>-<k>.png``, best score first."""
-    from label_anything.engine.concepts import ConceptPrompt, answers_concepts
+    from label_anything.engine.concepts import ConceptPrompt
 
-    if not answers_concepts(model):
-        raise LabelAnythingError(f"--concept/--exemplar need SAM 3 (--model-name sam3); {model.info.name} "
-                                 "segments one object per --point/--box")
     prompt = ConceptPrompt.from_lists(
         text=args.concept,
         boxes=[e[:4] for e in args.exemplar],
@@ -152,6 +151,14 @@ def _segment_instances(model, embedding, image, args: argparse.Namespace) -> int
             print(f"  {item['mask']}  score {item['score']:.3f}  bbox {[round(v, 1) for v in item['bbox']]}  "
                   f"{item['area']} px")
     return 0
+
+
+def _require_concepts(model) -> None:
+    from label_anything.engine.concepts import answers_concepts
+
+    if not answers_concepts(model):
+        raise LabelAnythingError(f"--concept/--exemplar need SAM 3 (--model-name sam3); {model.info.name} "
+                                 "segments one object per --point/--box")
 
 
 def _write_mask(mask, out: Path, score: float) -> dict:
